@@ -1,0 +1,41 @@
+#!/bin/sh
+# Runs inside the virtme-ng guest, started by `cargo xtask vm-test`.
+#
+# usage: guest-run.sh OUTDIR [TEST-ARGS...]
+#   OUTDIR/env    KEY=value lines exported to the tests
+#   OUTDIR/tests  test binaries (host paths; the guest shares the host's root)
+# Writes OUTDIR/dmesg.txt, OUTDIR/kmemleak.txt, and last OUTDIR/status (the
+# host treats a missing status file as a crashed or hung guest).
+set -u
+out=$1
+shift
+
+echo "sendzc-guest: started on Linux $(uname -r), $(nproc) CPUs," \
+	"$(sed -n 's/^MemTotal: *//p' /proc/meminfo)"
+mount -t debugfs none /sys/kernel/debug 2>/dev/null
+ulimit -l unlimited
+
+while IFS= read -r kv; do
+	[ -n "$kv" ] && export "$kv"
+done < "$out/env"
+
+status=0
+while IFS= read -r bin; do
+	[ -n "$bin" ] || continue
+	echo "sendzc-guest: running $(basename "$bin")"
+	"$bin" "$@" || status=1
+done < "$out/tests"
+
+# kmemleak reports objects unreferenced for at least 5 s on two scans.
+leaks=/sys/kernel/debug/kmemleak
+if [ -w "$leaks" ]; then
+	echo scan > "$leaks"
+	sleep 6
+	echo scan > "$leaks"
+	cat "$leaks" > "$out/kmemleak.txt"
+else
+	echo "kmemleak not available" > "$out/kmemleak.txt"
+fi
+dmesg > "$out/dmesg.txt"
+echo "$status" > "$out/status"
+echo "sendzc-guest: finished, status $status"

@@ -1,0 +1,143 @@
+//! Host checks, patch checks, and `ci`, which runs everything.
+
+use std::fs;
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::layout::{Layout, Profile};
+use crate::phase::Phases;
+use crate::vm_test::{self, tally, Tally};
+use crate::{kernel, setup, source, Options};
+
+/// `cargo xtask ci`: what `.ci/run` runs.
+pub fn ci(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<()> {
+    let host = phases.run("host checks", || host_checks(layout))?;
+    check_patches(layout, phases)?;
+    let guest = vm_test::run(layout, options, phases);
+    eprintln!(
+        "ci: host {} passed, {} failed; guest suites above",
+        host.passed, host.failed
+    );
+    guest
+}
+
+/// fmt, clippy -D warnings, rustdoc -D warnings, and the host unit tests.
+fn host_checks(layout: &Layout) -> Result<Tally> {
+    let sh = Shell::new()?;
+    let _cd = sh.push_dir(&layout.root);
+    cmd!(sh, "cargo fmt --all -- --check")
+        .run()
+        .context("cargo fmt --check: run 'cargo fmt --all'")?;
+    cmd!(
+        sh,
+        "cargo clippy --workspace --all-targets --quiet -- -D warnings"
+    )
+    .run()
+    .context("cargo clippy found problems")?;
+    {
+        let _doc = sh.push_env("RUSTDOCFLAGS", "-D warnings");
+        cmd!(sh, "cargo doc --workspace --no-deps --quiet")
+            .run()
+            .context("cargo doc has warnings")?;
+    }
+    // The VM suites run in the guest (vm-test); on the host they only build.
+    let out = cmd!(
+        sh,
+        "cargo test --workspace --exclude sendzc-iov-vm-tests --quiet"
+    )
+    .ignore_status()
+    .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprint!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let t = tally(&stdout);
+    if !out.status.success() || t.failed > 0 {
+        bail!("host tests failed ({} failed)", t.failed);
+    }
+    eprintln!(
+        "  host tests: {} passed in {} binaries",
+        t.passed, t.binaries
+    );
+    Ok(t)
+}
+
+/// `checkpatch: <patch file>: <message substring>` lines of
+/// kernel-patches/README: reviewed exceptions, each with its reason there.
+fn checkpatch_exceptions(layout: &Layout) -> Vec<(String, String)> {
+    let text = fs::read_to_string(layout.patches().join("README")).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("checkpatch: "))
+        .filter_map(|rest| rest.split_once(": "))
+        .map(|(patch, msg)| (patch.to_string(), msg.to_string()))
+        .collect()
+}
+
+/// checkpatch --strict on each patch, then a build of every prefix of the
+/// series, ending with the whole series applied.
+pub fn check_patches(layout: &Layout, phases: &mut Phases) -> Result<()> {
+    phases.run("setup", || setup::ensure(layout))?;
+    let base = source::Base::load(layout)?;
+    let src = phases.run("source", || source::ensure(layout, &base))?;
+    let patches = kernel::series(layout)?;
+    if patches.is_empty() {
+        eprintln!("check-patches: kernel-patches/series is empty, nothing to check");
+        return Ok(());
+    }
+    let exceptions = checkpatch_exceptions(layout);
+    phases.run("checkpatch", || {
+        let sh = Shell::new()?;
+        let _cd = sh.push_dir(&src);
+        let mut bad = Vec::new();
+        for patch in &patches {
+            let name = patch
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            let out = cmd!(
+                sh,
+                "perl scripts/checkpatch.pl --strict --terse --no-summary --show-types {patch}"
+            )
+            .ignore_status()
+            .read()?;
+            let findings: Vec<&str> = out
+                .lines()
+                .filter(|l| l.contains("ERROR:") || l.contains("WARNING:") || l.contains("CHECK:"))
+                .filter(|l| {
+                    !exceptions
+                        .iter()
+                        .any(|(p, m)| *p == name && l.contains(m.as_str()))
+                })
+                .collect();
+            eprintln!("  {name}: {} finding(s)", findings.len());
+            for f in &findings {
+                eprintln!("  ! {f}");
+            }
+            if !findings.is_empty() {
+                bad.push(name);
+            }
+        }
+        if !bad.is_empty() {
+            bail!("checkpatch --strict findings in {}", bad.join(", "));
+        }
+        Ok(())
+    })?;
+    let build = layout.build_dir("series", Profile::Debug);
+    phases.run("config", || {
+        kernel::configure(layout, &src, &build, Profile::Debug)
+    })?;
+    for n in 1..=patches.len() {
+        let name = patches[n - 1]
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        phases.run(&format!("build {n}/{}", patches.len()), || {
+            kernel::apply_series(&src, &patches[..n])?;
+            let log = layout.vm_out().join(format!("bisect-{n:02}.log"));
+            kernel::make(layout, &src, &build, &["bzImage"], &log)
+                .with_context(|| format!("the series does not build after {name}"))
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! Project automation: `cargo xtask <command>`.
+//!
+//! vm-test        fetch, patch, configure and build the kernel, boot it, run the suites
+//! check-patches  checkpatch --strict on every patch, and build every prefix of the series
+//! ci             host checks (fmt, clippy, unit tests), check-patches, vm-test
+//! setup          install the host packages and virtme-ng
+//! kernel         fetch, patch, configure and build only
+
+mod checks;
+mod kernel;
+mod layout;
+mod phase;
+mod setup;
+mod source;
+mod vm;
+mod vm_test;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use layout::{Layout, Profile};
+use phase::Phases;
+use vm::Accel;
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  vm-test        build the patched kernel, boot it, run the Rust suites in it
+  ci             fmt + clippy + host tests, check-patches, vm-test (what .ci/run runs)
+  check-patches  checkpatch.pl --strict on each patch; build each prefix of the series
+  kernel         fetch, patch, configure and build the kernel only
+  setup          install missing host packages and virtme-ng
+
+options (vm-test, kernel, ci):
+  --profile debug|bench  config fragment on top of qemu/vm.config (default: debug)
+  --kernel-src DIR       build this kernel tree as it is instead of Debian's
+                         source with kernel-patches/ applied
+  --accel kvm|tcg        skip the KVM probe
+  --timeout SECS         guest time limit (default: 600 with KVM, 2400 with TCG)
+  -- ARGS                passed to every test binary in the guest (e.g. a filter)
+
+environment:
+  SENDZC_CACHE           cache directory (default: $XDG_CACHE_HOME/sendzc-iov)
+";
+
+/// Options shared by the commands that build and boot a kernel.
+#[derive(Default)]
+pub struct Options {
+    pub profile: Option<Profile>,
+    pub kernel_src: Option<PathBuf>,
+    pub accel: Option<Accel>,
+    pub timeout: Option<Duration>,
+    pub test_args: Vec<String>,
+}
+
+fn parse_options(args: &[String]) -> Result<Options> {
+    let mut options = Options::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--profile" => options.profile = Some(Profile::parse(&value("--profile")?)?),
+            "--kernel-src" => options.kernel_src = Some(PathBuf::from(value("--kernel-src")?)),
+            "--accel" => {
+                options.accel = Some(match value("--accel")?.as_str() {
+                    "kvm" => Accel::Kvm,
+                    "tcg" => Accel::Tcg,
+                    other => bail!("--accel takes kvm or tcg, not '{other}'"),
+                })
+            }
+            "--timeout" => {
+                let secs = value("--timeout")?;
+                let secs: u64 = secs
+                    .parse()
+                    .with_context(|| format!("--timeout takes seconds, not '{secs}'"))?;
+                options.timeout = Some(Duration::from_secs(secs));
+            }
+            "--" => {
+                options.test_args = it.cloned().collect();
+                break;
+            }
+            other => bail!("unknown option '{other}'\n{USAGE}"),
+        }
+    }
+    Ok(options)
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let Some((command, rest)) = args.split_first() else {
+        eprint!("{USAGE}");
+        bail!("no command given");
+    };
+    let layout = Layout::detect()?;
+    let mut phases = Phases::default();
+    let result = match command.as_str() {
+        "vm-test" => vm_test::run(&layout, &parse_options(rest)?, &mut phases),
+        "kernel" => vm_test::kernel(&layout, &parse_options(rest)?, &mut phases).map(|_| ()),
+        "ci" => checks::ci(&layout, &parse_options(rest)?, &mut phases),
+        "check-patches" => checks::check_patches(&layout, &mut phases),
+        "setup" => phases.run("setup", || setup::ensure(&layout)),
+        "help" | "--help" | "-h" => {
+            eprint!("{USAGE}");
+            return Ok(());
+        }
+        other => bail!("unknown command '{other}'\n{USAGE}"),
+    };
+    phases.summary();
+    result
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(err) = run(&args) {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,320 @@
+//! `cargo xtask vm-test`: kernel, test binaries, boot, verdict.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::layout::{Layout, Profile};
+use crate::phase::Phases;
+use crate::vm::{self, Accel, Boot};
+use crate::{kernel, setup, source, Options};
+
+/// A built kernel, ready to boot.
+pub struct Kernel {
+    pub bzimage: PathBuf,
+    pub build: PathBuf,
+    /// True when the tree carries the series, so the per-iovec feature must
+    /// be there: tests that need it fail instead of skipping.
+    pub expect_feature: bool,
+}
+
+/// The Rust crates whose tests run inside the guest.
+const GUEST_PACKAGES: &[&str] = &["sendzc-iov-vm-tests"];
+
+/// A short stable name for a custom source tree's build directory.
+fn tree_id(dir: &Path) -> String {
+    // FNV-1a: stable across runs and Rust versions, unlike DefaultHasher.
+    let hash = dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+        });
+    format!("custom-{hash:016x}")
+}
+
+fn custom_tree(dir: &Path) -> Result<PathBuf> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("--kernel-src {}", dir.display()))?;
+    if !dir.join("io_uring/net.c").is_file() {
+        bail!(
+            "--kernel-src {} is not a kernel tree (no io_uring/net.c)",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "  using {} as it is (kernel-patches/ not applied)",
+        dir.display()
+    );
+    Ok(dir)
+}
+
+/// setup, source, patch, config, build.
+pub fn kernel(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Kernel> {
+    phases.run("setup", || setup::ensure(layout))?;
+    let profile = options.profile.unwrap_or(Profile::Debug);
+    let (src, tree, expect_feature) = match &options.kernel_src {
+        Some(dir) => {
+            let src = phases.run("source", || custom_tree(dir))?;
+            let id = tree_id(&src);
+            (src, id, true)
+        }
+        None => {
+            let base = source::Base::load(layout)?;
+            let src = phases.run("source", || source::ensure(layout, &base))?;
+            let patches = kernel::series(layout)?;
+            phases.run("patch", || kernel::apply_series(&src, &patches))?;
+            (src, "series".to_string(), !patches.is_empty())
+        }
+    };
+    let build = layout.build_dir(&tree, profile);
+    phases.run("config", || {
+        kernel::configure(layout, &src, &build, profile)
+    })?;
+    let log = layout
+        .vm_out()
+        .join(format!("kernel-build-{}.log", profile.name()));
+    phases.run("build", || {
+        kernel::make(layout, &src, &build, &["bzImage", "headers_install"], &log)
+    })?;
+    Ok(Kernel {
+        bzimage: build.join("arch/x86/boot/bzImage"),
+        build,
+        expect_feature,
+    })
+}
+
+/// Builds the guest test binaries on the host; returns their paths.
+fn build_test_binaries(layout: &Layout) -> Result<Vec<PathBuf>> {
+    let sh = Shell::new()?;
+    let _cd = sh.push_dir(&layout.root);
+    let packages: Vec<String> = GUEST_PACKAGES
+        .iter()
+        .flat_map(|p| ["-p".to_string(), p.to_string()])
+        .collect();
+    let json = cmd!(
+        sh,
+        "cargo test --no-run --message-format=json {packages...}"
+    )
+    .read()
+    .context("building the guest test binaries failed")?;
+    let binaries = test_executables(&json);
+    if binaries.is_empty() {
+        bail!(
+            "cargo built no test binaries for {}",
+            GUEST_PACKAGES.join(", ")
+        );
+    }
+    for bin in &binaries {
+        eprintln!("  {}", bin.display());
+    }
+    Ok(binaries)
+}
+
+/// The `"executable"` paths of test artifacts in cargo's JSON messages.
+fn test_executables(json: &str) -> Vec<PathBuf> {
+    const KEY: &str = "\"executable\":\"";
+    json.lines()
+        .filter(|line| {
+            line.contains("\"reason\":\"compiler-artifact\"") && line.contains("\"test\":true")
+        })
+        .filter_map(|line| {
+            let start = line.find(KEY)? + KEY.len();
+            let end = start + line[start..].find('"')?;
+            Some(PathBuf::from(&line[start..end]))
+        })
+        .collect()
+}
+
+/// Totals of libtest's `test result:` lines in the console log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+    pub binaries: u64,
+}
+
+pub fn tally(console: &str) -> Tally {
+    let mut t = Tally::default();
+    for line in console.lines() {
+        let Some(rest) = line.split("test result: ").nth(1) else {
+            continue;
+        };
+        t.binaries += 1;
+        let count = |what: &str| -> u64 {
+            rest.split(';')
+                .find_map(|part| {
+                    part.trim()
+                        .trim_start_matches("ok. ")
+                        .trim_start_matches("FAILED. ")
+                        .strip_suffix(what)
+                })
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        t.passed += count("passed");
+        t.failed += count("failed");
+        t.ignored += count("ignored");
+    }
+    t
+}
+
+/// The whole pipeline: kernel, test binaries, boot, tests, kernel log.
+pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<()> {
+    let kernel = kernel(layout, options, phases)?;
+    let binaries = phases.run("test build", || build_test_binaries(layout))?;
+    let accel = phases.run("accel", || {
+        vm::choose_accel(layout, &kernel.bzimage, options.accel)
+    })?;
+    let out = layout.vm_out().join("run");
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out)?;
+    write_guest_plan(&out, &binaries, &kernel, options)?;
+    let timeout = options.timeout.unwrap_or(match accel {
+        Accel::Kvm => Duration::from_secs(600),
+        Accel::Tcg => Duration::from_secs(2400),
+    });
+    eprintln!(
+        "  accelerator: {}; guest time limit {}s",
+        accel.name(),
+        timeout.as_secs()
+    );
+    let script = layout.qemu().join("guest-run.sh");
+    let mut exec = format!("sh {} {}", script.display(), out.display());
+    for arg in &options.test_args {
+        exec.push(' ');
+        exec.push_str(&shell_quote(arg));
+    }
+    let console_log = layout.vm_out().join("console.log");
+    let outcome = phases.run("boot+test", || {
+        Boot {
+            kernel: &kernel.bzimage,
+            accel,
+            exec,
+            out_dir: &out,
+            console_log: console_log.clone(),
+            timeout,
+        }
+        .run(layout)
+    })?;
+    let console = fs::read_to_string(&console_log).unwrap_or_default();
+    let tally = tally(&console);
+    let logs = phases.run("dmesg", || vm::check_kernel_logs(&out));
+    eprintln!(
+        "vm-test: {} test binaries in the guest ({}), console log {}",
+        tally.binaries,
+        accel.name(),
+        console_log.display()
+    );
+    eprintln!(
+        "{} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.ignored
+    );
+    match outcome.status {
+        None if outcome.timed_out => bail!(
+            "the guest did not finish within {}s (hang?); see {}",
+            timeout.as_secs(),
+            console_log.display()
+        ),
+        None => bail!(
+            "the guest ended without a status (crash or panic?); see {}",
+            console_log.display()
+        ),
+        Some(0) if tally.binaries == binaries.len() as u64 && tally.failed == 0 => logs,
+        Some(0) => bail!(
+            "{} of {} test binaries reported a result; see {}",
+            tally.binaries,
+            binaries.len(),
+            console_log.display()
+        ),
+        Some(_) => {
+            logs.ok();
+            bail!(
+                "{} test(s) failed in the guest; see {}",
+                tally.failed,
+                console_log.display()
+            )
+        }
+    }
+}
+
+fn write_guest_plan(
+    out: &Path,
+    binaries: &[PathBuf],
+    kernel: &Kernel,
+    options: &Options,
+) -> Result<()> {
+    let mut env = String::from("RUST_BACKTRACE=1\n");
+    env.push_str(&format!(
+        "SENDZC_EXPECT_FEATURE={}\n",
+        u8::from(kernel.expect_feature)
+    ));
+    env.push_str(&format!("SENDZC_KERNEL_BUILD={}\n", kernel.build.display()));
+    if options.profile == Some(Profile::Bench) {
+        env.push_str("SENDZC_PROFILE=bench\n");
+    }
+    fs::write(out.join("env"), env)?;
+    let list: String = binaries
+        .iter()
+        .map(|b| format!("{}\n", b.display()))
+        .collect();
+    fs::write(out.join("tests"), list)?;
+    Ok(())
+}
+
+fn shell_quote(arg: &str) -> String {
+    format!("'{}'", arg.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tallies_libtest_results() {
+        let console = "  | test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.1s\n\
+                       [  5.0] random kernel line\n\
+                       test result: FAILED. 2 passed; 4 failed; 0 ignored; 0 measured; 0 filtered out\n";
+        assert_eq!(
+            tally(console),
+            Tally {
+                passed: 5,
+                failed: 4,
+                ignored: 1,
+                binaries: 2
+            }
+        );
+    }
+
+    #[test]
+    fn finds_test_executables_only() {
+        let json = concat!(
+            r#"{"reason":"compiler-artifact","profile":{"test":false},"executable":null}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","profile":{"test":true},"executable":"/t/debug/deps/cqe-1234"}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#
+        );
+        assert_eq!(
+            test_executables(json),
+            [PathBuf::from("/t/debug/deps/cqe-1234")]
+        );
+    }
+
+    #[test]
+    fn tree_ids_differ_per_path() {
+        assert_ne!(tree_id(Path::new("/a")), tree_id(Path::new("/b")));
+        assert_eq!(tree_id(Path::new("/a")), tree_id(Path::new("/a")));
+    }
+
+    #[test]
+    fn quotes_for_the_guest_shell() {
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}
