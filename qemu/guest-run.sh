@@ -23,7 +23,7 @@ status=0
 while IFS= read -r bin; do
 	[ -n "$bin" ] || continue
 	echo "sendzc-guest: running $(basename "$bin")"
-	"$bin" "$@" || status=1
+	"$bin" --color never "$@" || status=1
 done < "$out/tests"
 
 # kmemleak reports objects unreferenced for at least 5 s on two scans.

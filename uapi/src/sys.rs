@@ -17,7 +17,7 @@ pub const IORING_RECVSEND_POLL_FIRST: u16 = 1 << 0;
 pub const IORING_RECVSEND_FIXED_BUF: u16 = 1 << 2;
 /// sqe->ioprio: the notification CQE reports whether data was copied.
 pub const IORING_SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
-/// sqe->ioprio: SEND[_ZC] takes an iovec array (`addr`, `len` entries).
+/// sqe->ioprio: `SEND[_ZC]` takes an iovec array (`addr`, `len` entries).
 pub const IORING_SEND_VECTORIZED: u16 = 1 << 5;
 
 /// Notification `res` bit with REPORT_USAGE: the kernel copied some data.

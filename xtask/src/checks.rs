@@ -10,16 +10,13 @@ use crate::phase::Phases;
 use crate::vm_test::{self, tally, Tally};
 use crate::{kernel, setup, source, Options};
 
-/// `cargo xtask ci`: what `.ci/run` runs.
-pub fn ci(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<()> {
+/// `cargo xtask ci`: what `.ci/run` runs. Returns host and guest totals.
+pub fn ci(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Tally> {
     let host = phases.run("host checks", || host_checks(layout))?;
     check_patches(layout, phases)?;
-    let guest = vm_test::run(layout, options, phases);
-    eprintln!(
-        "ci: host {} passed, {} failed; guest suites above",
-        host.passed, host.failed
-    );
-    guest
+    let guest = vm_test::run(layout, options, phases)?;
+    eprintln!("{}", host.closing_line("host"));
+    Ok(host.add(guest))
 }
 
 /// fmt, clippy -D warnings, rustdoc -D warnings, and the host unit tests.

@@ -99,12 +99,15 @@ fn run(args: &[String]) -> Result<()> {
     };
     let layout = Layout::detect()?;
     let mut phases = Phases::default();
+    // Commands that run tests return their totals, printed last for CI.
     let result = match command.as_str() {
-        "vm-test" => vm_test::run(&layout, &parse_options(rest)?, &mut phases),
-        "kernel" => vm_test::kernel(&layout, &parse_options(rest)?, &mut phases).map(|_| ()),
-        "ci" => checks::ci(&layout, &parse_options(rest)?, &mut phases),
-        "check-patches" => checks::check_patches(&layout, &mut phases),
-        "setup" => phases.run("setup", || setup::ensure(&layout)),
+        "vm-test" => vm_test::run(&layout, &parse_options(rest)?, &mut phases).map(Some),
+        "ci" => checks::ci(&layout, &parse_options(rest)?, &mut phases).map(Some),
+        "kernel" => vm_test::kernel(&layout, &parse_options(rest)?, &mut phases).map(|_| None),
+        "check-patches" => checks::check_patches(&layout, &mut phases).map(|()| None),
+        "setup" => phases
+            .run("setup", || setup::ensure(&layout))
+            .map(|()| None),
         "help" | "--help" | "-h" => {
             eprint!("{USAGE}");
             return Ok(());
@@ -112,7 +115,10 @@ fn run(args: &[String]) -> Result<()> {
         other => bail!("unknown command '{other}'\n{USAGE}"),
     };
     phases.summary();
-    result
+    if let Ok(Some(totals)) = &result {
+        eprintln!("{}", totals.closing_line(command));
+    }
+    result.map(|_| ())
 }
 
 fn main() {

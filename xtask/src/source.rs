@@ -215,7 +215,7 @@ pub fn ensure(layout: &Layout, base: &Base) -> Result<PathBuf> {
 fn commit_baseline(sh: &Shell, src: &Path, base: &Base) -> Result<()> {
     let _cd = sh.push_dir(src);
     let message = format!("{} {}", base.package, base.version);
-    cmd!(sh, "git init -q -b base").run()?;
+    cmd!(sh, "git init -q -b pristine").run()?;
     // A background repack of 90k files would compete with the build.
     cmd!(sh, "git config gc.auto 0").run()?;
     // Debian's .gitignore ignores the whole top level: add with -f.

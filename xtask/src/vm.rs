@@ -61,7 +61,17 @@ impl Boot<'_> {
         let _ = fs::remove_file(&status_path);
         let mut console = fs::File::create(&self.console_log)?;
         let mut command = Command::new(layout.vng());
+        // vng runs virtme-run from PATH; --verbose puts the serial console
+        // (kernel log and, without udev on the host, the script's output)
+        // on stdout.
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![layout.venv().join("bin")];
+        dirs.extend(std::env::split_paths(&path));
         command
+            .env("PATH", std::env::join_paths(dirs)?)
+            .arg("--verbose")
+            // No virtiofsd here: skip vng's attempts to start one.
+            .arg("--force-9p")
             .arg("--run")
             .arg(self.kernel)
             .args(["--cpus", "2", "--memory", "2G"])

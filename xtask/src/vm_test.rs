@@ -132,7 +132,7 @@ fn test_executables(json: &str) -> Vec<PathBuf> {
 }
 
 /// Totals of libtest's `test result:` lines in the console log.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
     pub passed: u64,
     pub failed: u64,
@@ -140,9 +140,42 @@ pub struct Tally {
     pub binaries: u64,
 }
 
+/// `text` without ANSI colour sequences (ESC `[` ... `m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Tally {
+    pub fn add(self, other: Tally) -> Tally {
+        Tally {
+            passed: self.passed + other.passed,
+            failed: self.failed + other.failed,
+            ignored: self.ignored + other.ignored,
+            binaries: self.binaries + other.binaries,
+        }
+    }
+
+    /// The closing line CI reads: `label: N passed, N failed, N skipped`.
+    pub fn closing_line(&self, label: &str) -> String {
+        format!(
+            "{label}: {} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.ignored
+        )
+    }
+}
+
 pub fn tally(console: &str) -> Tally {
     let mut t = Tally::default();
-    for line in console.lines() {
+    for line in strip_ansi(console).lines() {
         let Some(rest) = line.split("test result: ").nth(1) else {
             continue;
         };
@@ -166,7 +199,8 @@ pub fn tally(console: &str) -> Tally {
 }
 
 /// The whole pipeline: kernel, test binaries, boot, tests, kernel log.
-pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<()> {
+/// Returns the guest's test totals.
+pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Tally> {
     let kernel = kernel(layout, options, phases)?;
     let binaries = phases.run("test build", || build_test_binaries(layout))?;
     let accel = phases.run("accel", || {
@@ -212,10 +246,7 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<()
         accel.name(),
         console_log.display()
     );
-    eprintln!(
-        "{} passed, {} failed, {} skipped",
-        tally.passed, tally.failed, tally.ignored
-    );
+    eprintln!("{}", tally.closing_line("guest"));
     match outcome.status {
         None if outcome.timed_out => bail!(
             "the guest did not finish within {}s (hang?); see {}",
@@ -226,7 +257,12 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<()
             "the guest ended without a status (crash or panic?); see {}",
             console_log.display()
         ),
-        Some(0) if tally.binaries == binaries.len() as u64 && tally.failed == 0 => logs,
+        Some(0) if tally.passed == 0 => {
+            bail!("the guest ran no test; see {}", console_log.display())
+        }
+        Some(0) if tally.binaries == binaries.len() as u64 && tally.failed == 0 => {
+            logs.map(|()| tally)
+        }
         Some(0) => bail!(
             "{} of {} test binaries reported a result; see {}",
             tally.binaries,
@@ -290,6 +326,13 @@ mod tests {
                 binaries: 2
             }
         );
+    }
+
+    #[test]
+    fn tallies_coloured_results() {
+        let console =
+            "test result: \u{1b}[32mok\u{1b}[m. 4 passed; 0 failed; 0 ignored; 0 measured\n";
+        assert_eq!(tally(console).passed, 4);
     }
 
     #[test]
