@@ -1,5 +1,10 @@
 //! Per-iovec copy / zero-copy / registered-buffer sends for io_uring.
 //!
-//! [`sys`] holds the raw uapi of the kernel series in `kernel-patches/`.
+//! - [`sys`]: the raw uapi of the kernel series in `kernel-patches/`.
+//! - [`sqe`]: submission entries carrying the new fields, for the
+//!   `io-uring` crate.
+//! - [`probe`]: whether the running kernel has the feature.
 
+pub mod probe;
+pub mod sqe;
 pub mod sys;

@@ -27,3 +27,59 @@ pub const IORING_NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
 pub const IORING_CQE_F_MORE: u32 = 1 << 1;
 /// cqe->flags: this CQE is a zero-copy notification.
 pub const IORING_CQE_F_NOTIF: u32 = 1 << 3;
+
+/// sqe->ioprio: `sqe->zc_iov_attr` points to one [`io_uring_zc_iov_attr`]
+/// per iovec (SENDMSG_ZC, and SEND_ZC with [`IORING_SEND_VECTORIZED`]).
+pub const IORING_SEND_ZC_IOV_ATTR: u16 = 1 << 6;
+
+/// Zero-copy from user memory (what SEND[MSG]_ZC does without attributes).
+pub const IORING_ZC_IOV_USER: u8 = 0;
+/// Copied at issue; the memory may be reused at the result CQE.
+pub const IORING_ZC_IOV_COPY: u8 = 1;
+/// Zero-copy from registered buffer `buf_index`; `iov_base` is an address
+/// inside that buffer.
+pub const IORING_ZC_IOV_FIXED: u8 = 2;
+
+/// io_uring_params->features: the kernel honours [`IORING_SEND_ZC_IOV_ATTR`].
+pub const IORING_FEAT_SEND_ZC_IOV_ATTR: u32 = 1 << 18;
+
+/// `struct io_uring_zc_iov_attr`: how one iovec of a zero-copy send is sent.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct io_uring_zc_iov_attr {
+    /// One of the `IORING_ZC_IOV_*` modes.
+    pub mode: u8,
+    /// Must be zero.
+    pub flags: u8,
+    /// The registered buffer of an [`IORING_ZC_IOV_FIXED`] iovec, else zero.
+    pub buf_index: u16,
+    /// Must be zero.
+    pub resv: u32,
+}
+
+impl io_uring_zc_iov_attr {
+    /// Copied at issue.
+    pub const fn copy() -> Self {
+        Self::new(IORING_ZC_IOV_COPY, 0)
+    }
+
+    /// Zero-copy from user memory.
+    pub const fn user() -> Self {
+        Self::new(IORING_ZC_IOV_USER, 0)
+    }
+
+    /// Zero-copy from registered buffer `buf_index`.
+    pub const fn fixed(buf_index: u16) -> Self {
+        Self::new(IORING_ZC_IOV_FIXED, buf_index)
+    }
+
+    const fn new(mode: u8, buf_index: u16) -> Self {
+        io_uring_zc_iov_attr {
+            mode,
+            flags: 0,
+            buf_index,
+            resv: 0,
+        }
+    }
+}

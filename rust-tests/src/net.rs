@@ -1,0 +1,221 @@
+//! Sockets over loopback for the tests: TCP and UDP, IPv4 and IPv6.
+
+use std::io::{self, Read};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+
+use crate::CQE_TIMEOUT;
+
+/// IPv4 or IPv6 loopback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn loopback(self) -> SocketAddr {
+        match self {
+            Family::V4 => (Ipv4Addr::LOCALHOST, 0).into(),
+            Family::V6 => (Ipv6Addr::LOCALHOST, 0).into(),
+        }
+    }
+}
+
+/// A connected TCP pair on loopback: `tx` sends, `rx` receives.
+pub struct TcpPair {
+    pub tx: TcpStream,
+    pub rx: TcpStream,
+}
+
+impl TcpPair {
+    pub fn new(family: Family) -> io::Result<TcpPair> {
+        let listener = TcpListener::bind(family.loopback())?;
+        let tx = TcpStream::connect(listener.local_addr()?)?;
+        let (rx, _) = listener.accept()?;
+        rx.set_read_timeout(Some(CQE_TIMEOUT))?;
+        Ok(TcpPair { tx, rx })
+    }
+
+    /// Reads exactly `len` bytes from `rx` (bounded by the read timeout).
+    pub fn receive(&mut self, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; len];
+        self.rx.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+}
+
+
+/// A UDP pair on loopback. When `connected`, `tx` is connected to `rx`;
+/// otherwise each send must name `rx_addr`.
+pub struct UdpPair {
+    pub tx: UdpSocket,
+    pub rx: UdpSocket,
+    pub rx_addr: SocketAddr,
+}
+
+impl UdpPair {
+    pub fn new(family: Family, connected: bool) -> io::Result<UdpPair> {
+        let rx = UdpSocket::bind(family.loopback())?;
+        let tx = UdpSocket::bind(family.loopback())?;
+        let rx_addr = rx.local_addr()?;
+        if connected {
+            tx.connect(rx_addr)?;
+        }
+        rx.set_read_timeout(Some(CQE_TIMEOUT))?;
+        Ok(UdpPair { tx, rx, rx_addr })
+    }
+
+    /// The next datagram (bounded by the read timeout).
+    pub fn receive(&self) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; 70000];
+        let n = self.rx.recv(&mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// True if a datagram is waiting.
+    pub fn pending(&self) -> io::Result<bool> {
+        let mut byte = [0u8; 1];
+        self.rx.set_nonblocking(true)?;
+        let peeked = self.rx.peek(&mut byte);
+        self.rx.set_nonblocking(false)?;
+        match peeked {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl TcpPair {
+    /// True if bytes are waiting on `rx`.
+    pub fn pending(&self) -> io::Result<bool> {
+        let mut byte = [0u8; 1];
+        self.rx.set_nonblocking(true)?;
+        let peeked = self.rx.peek(&mut byte);
+        self.rx.set_nonblocking(false)?;
+        match peeked {
+            Ok(n) => Ok(n > 0),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A socket address in the C layout, for msg_name and SEND_ZC's addr2.
+pub struct CSockAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl CSockAddr {
+    pub fn new(addr: SocketAddr) -> CSockAddr {
+        // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match addr {
+            SocketAddr::V4(a) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*a.ip()).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+                unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: a.flowinfo(),
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: a.scope_id(),
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+                unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        CSockAddr {
+            storage,
+            len: len as libc::socklen_t,
+        }
+    }
+
+    pub fn as_ptr(&self) -> *const libc::sockaddr {
+        (&self.storage as *const libc::sockaddr_storage).cast()
+    }
+
+    pub fn len(&self) -> libc::socklen_t {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// How a test reaches its receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    /// UDP on a connected socket.
+    UdpConnected,
+    /// UDP on an unconnected socket, with a destination per request.
+    UdpTo,
+}
+
+/// The two ends of a test connection.
+pub enum Peer {
+    Tcp(TcpPair),
+    Udp(UdpPair),
+}
+
+impl Peer {
+    pub fn new(transport: Transport, family: Family) -> io::Result<Peer> {
+        Ok(match transport {
+            Transport::Tcp => Peer::Tcp(TcpPair::new(family)?),
+            Transport::UdpConnected => Peer::Udp(UdpPair::new(family, true)?),
+            Transport::UdpTo => Peer::Udp(UdpPair::new(family, false)?),
+        })
+    }
+
+    /// The sending socket.
+    pub fn fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        match self {
+            Peer::Tcp(p) => p.tx.as_raw_fd(),
+            Peer::Udp(p) => p.tx.as_raw_fd(),
+        }
+    }
+
+    /// Where each request must be addressed, for unconnected UDP.
+    pub fn dest(&self) -> Option<SocketAddr> {
+        match self {
+            Peer::Udp(p) if p.tx.peer_addr().is_err() => Some(p.rx_addr),
+            _ => None,
+        }
+    }
+
+    /// What one request of `len` bytes delivered: exactly `len` stream
+    /// bytes for TCP, the next datagram for UDP.
+    pub fn receive(&mut self, len: usize) -> io::Result<Vec<u8>> {
+        match self {
+            Peer::Tcp(p) => p.receive(len),
+            Peer::Udp(p) => p.receive(),
+        }
+    }
+
+    /// True if anything at all is waiting at the receiver.
+    pub fn pending(&self) -> io::Result<bool> {
+        match self {
+            Peer::Tcp(p) => p.pending(),
+            Peer::Udp(p) => p.pending(),
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Registered buffers, and requests with per-iovec attributes together with
+//! the bytes they must put on the wire.
+
+use std::io;
+use std::net::SocketAddr;
+
+use sendzc_iov::sqe::SendSqe;
+use sendzc_iov::sys::io_uring_zc_iov_attr;
+
+use crate::net::CSockAddr;
+use crate::pattern;
+use crate::ring::Ring;
+
+/// Anonymous memory of its own mapping, so that tests control exactly which
+/// pages back a buffer and when they are unmapped.
+pub struct MmapBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl MmapBuf {
+    pub fn new(len: usize) -> io::Result<MmapBuf> {
+        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(MmapBuf {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` bytes, readable, and lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and &mut self makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    pub fn iovec(&self) -> libc::iovec {
+        libc::iovec {
+            iov_base: self.ptr.cast(),
+            iov_len: self.len,
+        }
+    }
+}
+
+impl Drop for MmapBuf {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in new().
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Buffers registered with a ring: buffer `i` has index `i` and holds
+/// `pattern(len, i)`.
+pub struct RegBufs {
+    pub bufs: Vec<MmapBuf>,
+}
+
+impl RegBufs {
+    pub fn register(ring: &Ring, sizes: &[usize]) -> io::Result<RegBufs> {
+        let mut bufs = Vec::with_capacity(sizes.len());
+        for (i, &len) in sizes.iter().enumerate() {
+            let mut buf = MmapBuf::new(len)?;
+            buf.as_mut_slice().copy_from_slice(&pattern(len, i as u8 * 17 + 5));
+            bufs.push(buf);
+        }
+        let iovecs: Vec<libc::iovec> = bufs.iter().map(MmapBuf::iovec).collect();
+        // SAFETY: the mappings stay alive in the returned RegBufs; after they
+        // are unmapped the kernel keeps its own page references.
+        unsafe { ring.ring.submitter().register_buffers(&iovecs)? };
+        Ok(RegBufs { bufs })
+    }
+
+    pub fn bytes(&self, buf: u16, off: usize, len: usize) -> &[u8] {
+        &self.bufs[buf as usize].as_slice()[off..off + len]
+    }
+}
+
+/// One iovec of a request and how it is to be sent.
+#[derive(Clone, Debug)]
+pub enum Seg {
+    /// Copied at issue.
+    Copy(Vec<u8>),
+    /// Zero-copy from user memory.
+    User(Vec<u8>),
+    /// Zero-copy from `len` bytes at `off` in registered buffer `buf`.
+    Fixed { buf: u16, off: usize, len: usize },
+}
+
+/// Which opcode carries the iovecs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    SendMsgZc,
+    /// SEND_ZC with IORING_SEND_VECTORIZED.
+    SendZcVectored,
+}
+
+/// A request with per-iovec attributes. The iovecs point into `segs` and
+/// into the registered buffers, so neither may change while it is in flight.
+pub struct Request {
+    pub segs: Vec<Seg>,
+    pub iov: Vec<libc::iovec>,
+    pub attrs: Vec<io_uring_zc_iov_attr>,
+    msg: Box<libc::msghdr>,
+    dest: Option<Box<CSockAddr>>,
+    expected: Vec<u8>,
+}
+
+impl Request {
+    pub fn new(segs: Vec<Seg>, bufs: &RegBufs) -> Request {
+        let mut iov = Vec::with_capacity(segs.len());
+        let mut attrs = Vec::with_capacity(segs.len());
+        let mut expected = Vec::new();
+        for seg in &segs {
+            let (base, len, attr) = match seg {
+                Seg::Copy(data) => (data.as_ptr(), data.len(), io_uring_zc_iov_attr::copy()),
+                Seg::User(data) => (data.as_ptr(), data.len(), io_uring_zc_iov_attr::user()),
+                Seg::Fixed { buf, off, len } => {
+                    let bytes = bufs.bytes(*buf, *off, *len);
+                    (bytes.as_ptr(), *len, io_uring_zc_iov_attr::fixed(*buf))
+                }
+            };
+            // SAFETY: base..base+len is one of the slices above.
+            expected.extend_from_slice(unsafe { std::slice::from_raw_parts(base, len) });
+            iov.push(libc::iovec {
+                iov_base: base as *mut libc::c_void,
+                iov_len: len,
+            });
+            attrs.push(attr);
+        }
+        // SAFETY: msghdr is plain data; all-zero is an empty message.
+        let msg = Box::new(unsafe { std::mem::zeroed::<libc::msghdr>() });
+        let mut request = Request {
+            segs,
+            iov,
+            attrs,
+            msg,
+            dest: None,
+            expected,
+        };
+        request.sync_msg();
+        request
+    }
+
+    /// Sends to `addr` instead of the connected peer.
+    pub fn to(mut self, addr: SocketAddr) -> Request {
+        self.dest = Some(Box::new(CSockAddr::new(addr)));
+        self.sync_msg();
+        self
+    }
+
+    /// Points the msghdr at the iovecs and destination; call after
+    /// changing `iov` by hand.
+    pub fn sync_msg(&mut self) {
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = self.iov.len();
+        if let Some(dest) = &self.dest {
+            self.msg.msg_name = dest.as_ptr() as *mut libc::c_void;
+            self.msg.msg_namelen = dest.len();
+        }
+    }
+
+    /// The bytes the receiver must see, in order.
+    pub fn expected(&self) -> &[u8] {
+        &self.expected
+    }
+
+    pub fn len(&self) -> usize {
+        self.expected.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.expected.is_empty()
+    }
+
+    /// The SQE for `op`, with the attribute array, on socket `fd`.
+    pub fn sqe(&self, op: Op, fd: i32) -> SendSqe {
+        let sqe = match op {
+            Op::SendMsgZc => SendSqe::sendmsg_zc(fd, &*self.msg),
+            Op::SendZcVectored => {
+                let sqe = SendSqe::send_zc_vectored(fd, self.iov.as_ptr(), self.iov.len() as u32);
+                match &self.dest {
+                    Some(dest) => sqe.dest(dest.as_ptr(), dest.len()),
+                    None => sqe,
+                }
+            }
+        };
+        sqe.iov_attrs(self.attrs.as_ptr())
+    }
+}

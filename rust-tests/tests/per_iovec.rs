@@ -1,0 +1,354 @@
+//! IORING_SEND_ZC_IOV_ATTR on the patched kernel: per-iovec copy, zero-copy
+//! from user memory, and zero-copy from any of several registered buffers.
+//!
+//! Every test checks the bytes at the receiver and the CQE protocol (one
+//! result with F_MORE, then exactly one notification).
+
+use std::io::Read;
+
+use rstest::rstest;
+use sendzc_iov::sys::{self, io_uring_zc_iov_attr};
+use sendzc_iov::{probe, sqe::SendSqe};
+use sendzc_iov_vm_tests::net::Peer;
+use sendzc_iov_vm_tests::{
+    pattern, zc_completion, Family, Op, RegBufs, Request, Ring, Seg, Transport, ZcCompletion,
+};
+
+/// Fails the test (never skips it) on a kernel without the feature.
+fn require_feature() {
+    assert!(
+        probe::has_iov_attr().expect("io_uring_setup"),
+        "the kernel does not advertise IORING_FEAT_SEND_ZC_IOV_ATTR: \
+         these tests need the kernel built by `cargo xtask vm-test`"
+    );
+}
+
+#[test]
+fn feature_bit_matches_the_series() {
+    let expect = match std::env::var("SENDZC_EXPECT_FEATURE").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        other => panic!("SENDZC_EXPECT_FEATURE must be 0 or 1 (set by xtask), got {other:?}"),
+    };
+    assert_eq!(probe::has_iov_attr().unwrap(), expect);
+}
+
+/// Submits `sqe` and returns its checked completion.
+fn submit(ring: &mut Ring, sqe: SendSqe, user_data: u64) -> ZcCompletion {
+    let entry = sqe.user_data(user_data).into_entry();
+    // SAFETY: callers keep the request's memory alive until this returns,
+    // and it returns only after the notification (or fails the test).
+    unsafe { ring.push(&entry) }.unwrap();
+    let cqes = ring.reap_zc(user_data).unwrap();
+    zc_completion(&cqes, user_data).unwrap()
+}
+
+fn send(ring: &mut Ring, req: &Request, op: Op, peer: &Peer) -> ZcCompletion {
+    submit(ring, req.sqe(op, peer.fd()), 1)
+}
+
+fn hdr(seq: u8) -> Seg {
+    Seg::Copy(pattern(24, 200 + seq))
+}
+
+/// Header COPY iovecs, payloads from three registered buffers (unaligned,
+/// page-crossing ranges) and from user memory.
+fn mixed_segments(transport: Transport) -> Vec<Seg> {
+    match transport {
+        Transport::Tcp => vec![
+            hdr(0),
+            Seg::Fixed { buf: 0, off: 100, len: 64 * 1024 },
+            hdr(1),
+            Seg::Fixed { buf: 1, off: 4095, len: 20000 },
+            hdr(2),
+            Seg::Fixed { buf: 2, off: 0, len: 1 },
+            Seg::User(pattern(10000, 9)),
+            Seg::Copy(pattern(3, 10)),
+        ],
+        // One datagram: keep it within MAX_SKB_FRAGS bvecs.
+        _ => vec![
+            hdr(0),
+            Seg::Fixed { buf: 0, off: 10, len: 3000 },
+            hdr(1),
+            Seg::Fixed { buf: 1, off: 4000, len: 1000 },
+            hdr(2),
+            Seg::Fixed { buf: 2, off: 0, len: 512 },
+            Seg::User(pattern(700, 11)),
+        ],
+    }
+}
+
+const BUF_SIZES: [usize; 3] = [256 * 1024, 64 * 1024, 8 * 1024];
+
+fn request_for(segs: Vec<Seg>, bufs: &RegBufs, peer: &Peer) -> Request {
+    let req = Request::new(segs, bufs);
+    match peer.dest() {
+        Some(dest) => req.to(dest),
+        None => req,
+    }
+}
+
+#[rstest]
+fn mixed_request_from_three_buffers(
+    #[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op,
+    #[values(Transport::Tcp, Transport::UdpConnected, Transport::UdpTo)] transport: Transport,
+    #[values(Family::V4, Family::V6)] family: Family,
+) {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let mut peer = Peer::new(transport, family).unwrap();
+    let req = request_for(mixed_segments(transport), &bufs, &peer);
+
+    let done = send(&mut ring, &req, op, &peer);
+    assert_eq!(done.result.res, req.len() as i32, "{done:?}");
+    assert!(done.notif.is_some(), "{done:?}");
+    assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
+    assert!(!peer.pending().unwrap(), "more than one datagram or extra bytes");
+}
+
+/// Requests whose iovecs share one attribute, including ones that map onto
+/// today's paths (all user, all copy, all in one buffer).
+#[rstest]
+#[case::all_copy(vec![Seg::Copy(pattern(24, 1)), Seg::Copy(pattern(5000, 2))])]
+#[case::all_user(vec![Seg::User(pattern(24, 1)), Seg::User(pattern(5000, 2))])]
+#[case::all_fixed_one_buffer(vec![
+    Seg::Fixed { buf: 1, off: 0, len: 24 },
+    Seg::Fixed { buf: 1, off: 5000, len: 30000 },
+])]
+#[case::all_fixed_two_buffers(vec![
+    Seg::Fixed { buf: 0, off: 7, len: 24 },
+    Seg::Fixed { buf: 2, off: 1, len: 8000 },
+])]
+#[case::copy_and_user(vec![Seg::Copy(pattern(24, 1)), Seg::User(pattern(9000, 2))])]
+#[case::empty_copy_and_user(vec![Seg::Copy(vec![]), Seg::User(vec![]), Seg::User(pattern(9, 2))])]
+fn uniform_and_simple_requests(#[case] segs: Vec<Seg>, #[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op) {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let mut peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+    let req = Request::new(segs, &bufs);
+
+    let done = send(&mut ring, &req, op, &peer);
+    assert_eq!(done.result.res, req.len() as i32, "{done:?}");
+    assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
+}
+
+#[test]
+fn empty_request_sends_nothing_and_notifies() {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+    let req = Request::new(vec![], &bufs);
+    let done = send(&mut ring, &req, Op::SendMsgZc, &peer);
+    assert_eq!(done.result.res, 0);
+    assert!(done.notif.is_some());
+    assert!(!peer.pending().unwrap());
+}
+
+/// REPORT_USAGE: copies the request asked for are not reported as copied.
+#[test]
+fn report_usage_is_zero_when_everything_is_copied_on_request() {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let mut peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+    let req = Request::new(vec![hdr(0), Seg::Copy(pattern(3000, 4))], &bufs);
+    let mut sqe = req.sqe(Op::SendMsgZc, peer.fd());
+    sqe.ioprio |= sys::IORING_SEND_ZC_REPORT_USAGE;
+    let done = submit(&mut ring, sqe, 5);
+    assert_eq!(done.result.res, req.len() as i32);
+    assert_eq!(done.notif.unwrap().res, 0);
+    assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
+}
+
+/// On loopback the stack copies zero-copy frags at local delivery, and says so.
+#[test]
+fn report_usage_reports_copied_on_loopback_for_mixed_requests() {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let mut peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+    let req = Request::new(mixed_segments(Transport::Tcp), &bufs);
+    let mut sqe = req.sqe(Op::SendMsgZc, peer.fd());
+    sqe.ioprio |= sys::IORING_SEND_ZC_REPORT_USAGE;
+    let done = submit(&mut ring, sqe, 6);
+    assert_eq!(done.result.res, req.len() as i32);
+    assert_eq!(done.notif.unwrap().res as u32, sys::IORING_NOTIF_USAGE_ZC_COPIED);
+    assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
+}
+
+/// A bad request: what to break, and the errno the result CQE must carry.
+#[derive(Debug)]
+enum Bad {
+    Mode,
+    AttrFlags,
+    AttrResv,
+    IndexOnCopy,
+    AttrPointer,
+    NullAttrPointer,
+    UnregisteredIndex,
+    OutsideBuffer,
+    ZeroLengthFixed,
+    WithFixedBufFlag,
+    WithSqeBufIndex,
+    SendZcNotVectored,
+    UnreadableCopy,
+    UnreadableUser,
+}
+
+fn break_request(bad: &Bad, req: &mut Request, bufs: &RegBufs, sqe: &mut SendSqe) {
+    match bad {
+        Bad::Mode => req.attrs[0].mode = 3,
+        Bad::AttrFlags => req.attrs[1].flags = 1,
+        Bad::AttrResv => req.attrs[1].resv = 1,
+        Bad::IndexOnCopy => req.attrs[0].buf_index = 1,
+        Bad::AttrPointer => sqe.zc_iov_attr = 0x10,
+        Bad::NullAttrPointer => sqe.zc_iov_attr = 0,
+        Bad::UnregisteredIndex => req.attrs[1] = io_uring_zc_iov_attr::fixed(99),
+        Bad::OutsideBuffer => {
+            let end = bufs.bufs[0].as_slice().as_ptr_range().end;
+            req.iov[1].iov_base = end.wrapping_sub(10) as *mut libc::c_void;
+            req.iov[1].iov_len = 20;
+        }
+        Bad::ZeroLengthFixed => req.iov[1].iov_len = 0,
+        Bad::WithFixedBufFlag => sqe.ioprio |= sys::IORING_RECVSEND_FIXED_BUF,
+        Bad::WithSqeBufIndex => sqe.buf_index = 1,
+        Bad::SendZcNotVectored => sqe.ioprio &= !sys::IORING_SEND_VECTORIZED,
+        Bad::UnreadableCopy => req.iov[0].iov_base = 0x1000 as *mut libc::c_void,
+        Bad::UnreadableUser => req.iov[2].iov_base = 0x1000 as *mut libc::c_void,
+    }
+    req.sync_msg();
+}
+
+#[rstest]
+#[case::bad_mode(Bad::Mode, Op::SendMsgZc, libc::EINVAL)]
+#[case::attr_flags(Bad::AttrFlags, Op::SendMsgZc, libc::EINVAL)]
+#[case::attr_resv(Bad::AttrResv, Op::SendZcVectored, libc::EINVAL)]
+#[case::index_on_copy(Bad::IndexOnCopy, Op::SendMsgZc, libc::EINVAL)]
+#[case::attr_pointer(Bad::AttrPointer, Op::SendMsgZc, libc::EFAULT)]
+#[case::null_attr_pointer(Bad::NullAttrPointer, Op::SendZcVectored, libc::EFAULT)]
+#[case::unregistered_index(Bad::UnregisteredIndex, Op::SendMsgZc, libc::EFAULT)]
+#[case::outside_buffer(Bad::OutsideBuffer, Op::SendZcVectored, libc::EFAULT)]
+#[case::zero_length_fixed(Bad::ZeroLengthFixed, Op::SendMsgZc, libc::EFAULT)]
+#[case::with_fixed_buf_flag(Bad::WithFixedBufFlag, Op::SendMsgZc, libc::EINVAL)]
+#[case::with_sqe_buf_index(Bad::WithSqeBufIndex, Op::SendZcVectored, libc::EINVAL)]
+#[case::send_zc_not_vectored(Bad::SendZcNotVectored, Op::SendZcVectored, libc::EINVAL)]
+#[case::unreadable_copy(Bad::UnreadableCopy, Op::SendMsgZc, libc::EFAULT)]
+#[case::unreadable_user(Bad::UnreadableUser, Op::SendZcVectored, libc::EFAULT)]
+fn errors_send_nothing_and_keep_the_protocol(
+    #[case] bad: Bad,
+    #[case] op: Op,
+    #[case] errno: i32,
+    #[values(Transport::Tcp, Transport::UdpConnected)] transport: Transport,
+) {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let peer = Peer::new(transport, Family::V4).unwrap();
+    let mut req = Request::new(
+        vec![hdr(0), Seg::Fixed { buf: 0, off: 0, len: 2000 }, Seg::User(pattern(500, 3))],
+        &bufs,
+    );
+    let mut sqe = req.sqe(op, peer.fd());
+    break_request(&bad, &mut req, &bufs, &mut sqe);
+
+    let done = submit(&mut ring, sqe, 9);
+    assert_eq!(done.result.res, -errno, "{bad:?}: {done:?}");
+    assert!(done.notif.is_some(), "{bad:?}: an error must still post the notification");
+    assert!(!peer.pending().unwrap(), "{bad:?}: bytes reached the receiver");
+}
+
+#[test]
+fn af_unix_is_eopnotsupp() {
+    require_feature();
+    let (tx, _rx) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let req = Request::new(vec![hdr(0), Seg::Fixed { buf: 0, off: 0, len: 100 }], &bufs);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tx);
+    let done = submit(&mut ring, req.sqe(Op::SendMsgZc, fd), 4);
+    assert_eq!(done.result.res, -libc::EOPNOTSUPP);
+}
+
+/// COPY memory is free at the result CQE: overwriting it then must not
+/// change what the receiver, who has not read yet, gets.
+#[rstest]
+fn copy_memory_is_reusable_at_the_result(#[values(Transport::Tcp, Transport::UdpConnected)] transport: Transport) {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let mut peer = Peer::new(transport, Family::V6).unwrap();
+    let mut req = Request::new(mixed_segments(transport), &bufs);
+    let expected = req.expected().to_vec();
+
+    let done = send(&mut ring, &req, Op::SendMsgZc, &peer);
+    assert_eq!(done.result.res, expected.len() as i32);
+    for seg in &mut req.segs {
+        if let Seg::Copy(data) = seg {
+            data.fill(0xee);
+        }
+    }
+    assert_eq!(peer.receive(expected.len()).unwrap(), expected);
+}
+
+/// Unregistering the buffers, and unmapping them, while a request that uses
+/// them is still waiting for socket space must not change the bytes sent.
+#[rstest]
+fn buffers_outlive_unregister_while_in_flight(#[values(false, true)] update_instead: bool) {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let Peer::Tcp(pair) = Peer::new(Transport::Tcp, Family::V4).unwrap() else {
+        unreachable!()
+    };
+    // A small send buffer and an idle receiver keep the request waiting.
+    nix::sys::socket::setsockopt(&pair.tx, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+    let segs = vec![
+        hdr(0),
+        Seg::Fixed { buf: 0, off: 0, len: 200 * 1024 },
+        hdr(1),
+        Seg::Fixed { buf: 1, off: 1, len: 60 * 1024 },
+        hdr(2),
+        Seg::Fixed { buf: 2, off: 2, len: 8000 },
+    ];
+    let req = Request::new(segs, &bufs);
+    let expected = req.expected().to_vec();
+    let mut sqe = req.sqe(Op::SendMsgZc, std::os::fd::AsRawFd::as_raw_fd(&pair.tx));
+    sqe.msg_flags |= libc::MSG_WAITALL as u32;
+    let entry = sqe.user_data(3).into_entry();
+    // SAFETY: req lives until the notification is reaped below; the buffers'
+    // pages are held by the kernel after unregistering (what is tested).
+    unsafe { ring.push(&entry) }.unwrap();
+    ring.ring.submit().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+
+    if update_instead {
+        let other = sendzc_iov_vm_tests::MmapBuf::new(BUF_SIZES[0]).unwrap();
+        // SAFETY: `other` outlives the ring's use of slot 0 in this test.
+        unsafe { ring.ring.submitter().register_buffers_update(0, &[other.iovec()], None) }.unwrap();
+        drop(bufs);
+        let got = read_while_reaping(&mut ring, pair.rx, expected.len(), 3);
+        assert_eq!(got, expected);
+        drop(other);
+    } else {
+        ring.ring.submitter().unregister_buffers().unwrap();
+        drop(bufs);
+        let got = read_while_reaping(&mut ring, pair.rx, expected.len(), 3);
+        assert_eq!(got, expected);
+    }
+}
+
+/// Reads `len` bytes in a thread while this one drives the ring until the
+/// request `user_data` has fully completed.
+fn read_while_reaping(ring: &mut Ring, mut rx: std::net::TcpStream, len: usize, user_data: u64) -> Vec<u8> {
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0; len];
+        rx.read_exact(&mut buf).map(|()| buf)
+    });
+    let cqes = ring.reap_zc(user_data).unwrap();
+    let done = zc_completion(&cqes, user_data).unwrap();
+    assert_eq!(done.result.res, len as i32, "{done:?}");
+    reader.join().unwrap().unwrap()
+}
