@@ -44,7 +44,6 @@ impl TcpPair {
     }
 }
 
-
 /// A UDP pair on loopback. When `connected`, `tx` is connected to `rx`;
 /// otherwise each send must name `rx_addr`.
 pub struct UdpPair {
@@ -123,7 +122,9 @@ impl CSockAddr {
                     sin_zero: [0; 8],
                 };
                 // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-                unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+                unsafe {
+                    std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin)
+                };
                 std::mem::size_of::<libc::sockaddr_in>()
             }
             SocketAddr::V6(a) => {
@@ -137,7 +138,9 @@ impl CSockAddr {
                     sin6_scope_id: a.scope_id(),
                 };
                 // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-                unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+                unsafe {
+                    std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6)
+                };
                 std::mem::size_of::<libc::sockaddr_in6>()
             }
         };

@@ -76,7 +76,8 @@ impl RegBufs {
         let mut bufs = Vec::with_capacity(sizes.len());
         for (i, &len) in sizes.iter().enumerate() {
             let mut buf = MmapBuf::new(len)?;
-            buf.as_mut_slice().copy_from_slice(&pattern(len, i as u8 * 17 + 5));
+            buf.as_mut_slice()
+                .copy_from_slice(&pattern(len, i as u8 * 17 + 5));
             bufs.push(buf);
         }
         let iovecs: Vec<libc::iovec> = bufs.iter().map(MmapBuf::iovec).collect();

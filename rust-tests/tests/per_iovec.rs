@@ -57,22 +57,46 @@ fn mixed_segments(transport: Transport) -> Vec<Seg> {
     match transport {
         Transport::Tcp => vec![
             hdr(0),
-            Seg::Fixed { buf: 0, off: 100, len: 64 * 1024 },
+            Seg::Fixed {
+                buf: 0,
+                off: 100,
+                len: 64 * 1024,
+            },
             hdr(1),
-            Seg::Fixed { buf: 1, off: 4095, len: 20000 },
+            Seg::Fixed {
+                buf: 1,
+                off: 4095,
+                len: 20000,
+            },
             hdr(2),
-            Seg::Fixed { buf: 2, off: 0, len: 1 },
+            Seg::Fixed {
+                buf: 2,
+                off: 0,
+                len: 1,
+            },
             Seg::User(pattern(10000, 9)),
             Seg::Copy(pattern(3, 10)),
         ],
         // One datagram: keep it within MAX_SKB_FRAGS bvecs.
         _ => vec![
             hdr(0),
-            Seg::Fixed { buf: 0, off: 10, len: 3000 },
+            Seg::Fixed {
+                buf: 0,
+                off: 10,
+                len: 3000,
+            },
             hdr(1),
-            Seg::Fixed { buf: 1, off: 4000, len: 1000 },
+            Seg::Fixed {
+                buf: 1,
+                off: 4000,
+                len: 1000,
+            },
             hdr(2),
-            Seg::Fixed { buf: 2, off: 0, len: 512 },
+            Seg::Fixed {
+                buf: 2,
+                off: 0,
+                len: 512,
+            },
             Seg::User(pattern(700, 11)),
         ],
     }
@@ -104,7 +128,10 @@ fn mixed_request_from_three_buffers(
     assert_eq!(done.result.res, req.len() as i32, "{done:?}");
     assert!(done.notif.is_some(), "{done:?}");
     assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
-    assert!(!peer.pending().unwrap(), "more than one datagram or extra bytes");
+    assert!(
+        !peer.pending().unwrap(),
+        "more than one datagram or extra bytes"
+    );
 }
 
 /// Requests whose iovecs share one attribute, including ones that map onto
@@ -122,7 +149,10 @@ fn mixed_request_from_three_buffers(
 ])]
 #[case::copy_and_user(vec![Seg::Copy(pattern(24, 1)), Seg::User(pattern(9000, 2))])]
 #[case::empty_copy_and_user(vec![Seg::Copy(vec![]), Seg::User(vec![]), Seg::User(pattern(9, 2))])]
-fn uniform_and_simple_requests(#[case] segs: Vec<Seg>, #[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op) {
+fn uniform_and_simple_requests(
+    #[case] segs: Vec<Seg>,
+    #[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op,
+) {
     require_feature();
     let mut ring = Ring::new(8).unwrap();
     let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
@@ -175,7 +205,10 @@ fn report_usage_reports_copied_on_loopback_for_mixed_requests() {
     sqe.ioprio |= sys::IORING_SEND_ZC_REPORT_USAGE;
     let done = submit(&mut ring, sqe, 6);
     assert_eq!(done.result.res, req.len() as i32);
-    assert_eq!(done.notif.unwrap().res as u32, sys::IORING_NOTIF_USAGE_ZC_COPIED);
+    assert_eq!(
+        done.notif.unwrap().res as u32,
+        sys::IORING_NOTIF_USAGE_ZC_COPIED
+    );
     assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
 }
 
@@ -248,7 +281,15 @@ fn errors_send_nothing_and_keep_the_protocol(
     let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
     let peer = Peer::new(transport, Family::V4).unwrap();
     let mut req = Request::new(
-        vec![hdr(0), Seg::Fixed { buf: 0, off: 0, len: 2000 }, Seg::User(pattern(500, 3))],
+        vec![
+            hdr(0),
+            Seg::Fixed {
+                buf: 0,
+                off: 0,
+                len: 2000,
+            },
+            Seg::User(pattern(500, 3)),
+        ],
         &bufs,
     );
     let mut sqe = req.sqe(op, peer.fd());
@@ -256,8 +297,14 @@ fn errors_send_nothing_and_keep_the_protocol(
 
     let done = submit(&mut ring, sqe, 9);
     assert_eq!(done.result.res, -errno, "{bad:?}: {done:?}");
-    assert!(done.notif.is_some(), "{bad:?}: an error must still post the notification");
-    assert!(!peer.pending().unwrap(), "{bad:?}: bytes reached the receiver");
+    assert!(
+        done.notif.is_some(),
+        "{bad:?}: an error must still post the notification"
+    );
+    assert!(
+        !peer.pending().unwrap(),
+        "{bad:?}: bytes reached the receiver"
+    );
 }
 
 #[test]
@@ -266,7 +313,17 @@ fn af_unix_is_eopnotsupp() {
     let (tx, _rx) = std::os::unix::net::UnixStream::pair().unwrap();
     let mut ring = Ring::new(8).unwrap();
     let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let req = Request::new(vec![hdr(0), Seg::Fixed { buf: 0, off: 0, len: 100 }], &bufs);
+    let req = Request::new(
+        vec![
+            hdr(0),
+            Seg::Fixed {
+                buf: 0,
+                off: 0,
+                len: 100,
+            },
+        ],
+        &bufs,
+    );
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tx);
     let done = submit(&mut ring, req.sqe(Op::SendMsgZc, fd), 4);
     assert_eq!(done.result.res, -libc::EOPNOTSUPP);
@@ -275,7 +332,9 @@ fn af_unix_is_eopnotsupp() {
 /// COPY memory is free at the result CQE: overwriting it then must not
 /// change what the receiver, who has not read yet, gets.
 #[rstest]
-fn copy_memory_is_reusable_at_the_result(#[values(Transport::Tcp, Transport::UdpConnected)] transport: Transport) {
+fn copy_memory_is_reusable_at_the_result(
+    #[values(Transport::Tcp, Transport::UdpConnected)] transport: Transport,
+) {
     require_feature();
     let mut ring = Ring::new(8).unwrap();
     let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
@@ -307,11 +366,23 @@ fn buffers_outlive_unregister_while_in_flight(#[values(false, true)] update_inst
     nix::sys::socket::setsockopt(&pair.tx, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
     let segs = vec![
         hdr(0),
-        Seg::Fixed { buf: 0, off: 0, len: 200 * 1024 },
+        Seg::Fixed {
+            buf: 0,
+            off: 0,
+            len: 200 * 1024,
+        },
         hdr(1),
-        Seg::Fixed { buf: 1, off: 1, len: 60 * 1024 },
+        Seg::Fixed {
+            buf: 1,
+            off: 1,
+            len: 60 * 1024,
+        },
         hdr(2),
-        Seg::Fixed { buf: 2, off: 2, len: 8000 },
+        Seg::Fixed {
+            buf: 2,
+            off: 2,
+            len: 8000,
+        },
     ];
     let req = Request::new(segs, &bufs);
     let expected = req.expected().to_vec();
@@ -327,7 +398,12 @@ fn buffers_outlive_unregister_while_in_flight(#[values(false, true)] update_inst
     if update_instead {
         let other = sendzc_iov_vm_tests::MmapBuf::new(BUF_SIZES[0]).unwrap();
         // SAFETY: `other` outlives the ring's use of slot 0 in this test.
-        unsafe { ring.ring.submitter().register_buffers_update(0, &[other.iovec()], None) }.unwrap();
+        unsafe {
+            ring.ring
+                .submitter()
+                .register_buffers_update(0, &[other.iovec()], None)
+        }
+        .unwrap();
         drop(bufs);
         let got = read_while_reaping(&mut ring, pair.rx, expected.len(), 3);
         assert_eq!(got, expected);
@@ -342,7 +418,12 @@ fn buffers_outlive_unregister_while_in_flight(#[values(false, true)] update_inst
 
 /// Reads `len` bytes in a thread while this one drives the ring until the
 /// request `user_data` has fully completed.
-fn read_while_reaping(ring: &mut Ring, mut rx: std::net::TcpStream, len: usize, user_data: u64) -> Vec<u8> {
+fn read_while_reaping(
+    ring: &mut Ring,
+    mut rx: std::net::TcpStream,
+    len: usize,
+    user_data: u64,
+) -> Vec<u8> {
     let reader = std::thread::spawn(move || {
         let mut buf = vec![0; len];
         rx.read_exact(&mut buf).map(|()| buf)

@@ -124,7 +124,9 @@ mod tests {
 
     #[test]
     fn entry_keeps_user_data() {
-        let entry = SendSqe::sendmsg_zc(3, std::ptr::null()).user_data(77).into_entry();
+        let entry = SendSqe::sendmsg_zc(3, std::ptr::null())
+            .user_data(77)
+            .into_entry();
         assert_eq!(entry.get_user_data(), 77);
     }
 }

@@ -1,6 +1,7 @@
 //! Host checks, patch checks, and `ci`, which runs everything.
 
 use std::fs;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
@@ -135,6 +136,49 @@ pub fn check_patches(layout: &Layout, phases: &mut Phases) -> Result<()> {
             kernel::make(layout, &src, &build, &["bzImage"], &log)
                 .with_context(|| format!("the series does not build after {name}"))
         })?;
+    }
+    phases.run("W=1", || w1_check(layout, &src, &build, &patches))
+}
+
+/// The kernel objects of the C files the series changes, from the patches'
+/// `+++ b/` lines; files that are not built in our config (selftests, say)
+/// have no object in `build` and are left out.
+fn touched_objects(patches: &[PathBuf], build: &Path) -> Result<Vec<String>> {
+    let mut objects = Vec::new();
+    for patch in patches {
+        let text = fs::read_to_string(patch)?;
+        for file in text.lines().filter_map(|l| l.strip_prefix("+++ b/")) {
+            let Some(stem) = file.strip_suffix(".c") else {
+                continue;
+            };
+            let object = format!("{stem}.o");
+            if build.join(&object).exists() && !objects.contains(&object) {
+                objects.push(object);
+            }
+        }
+    }
+    Ok(objects)
+}
+
+/// Rebuilds the objects the series touches with W=1: any warning fails.
+fn w1_check(layout: &Layout, src: &Path, build: &Path, patches: &[PathBuf]) -> Result<()> {
+    let objects = touched_objects(patches, build)?;
+    eprintln!("  W=1 on {}", objects.join(" "));
+    let log = layout.vm_out().join("w1.log");
+    let mut targets: Vec<&str> = vec!["W=1"];
+    targets.extend(objects.iter().map(String::as_str));
+    kernel::make(layout, src, build, &targets, &log)?;
+    let warnings: Vec<String> = fs::read_to_string(&log)?
+        .lines()
+        .filter(|l| l.contains("warning:"))
+        .map(str::to_string)
+        .collect();
+    if !warnings.is_empty() {
+        bail!(
+            "{} W=1 warning(s) in files the series touches; see {}",
+            warnings.len(),
+            log.display()
+        );
     }
     Ok(())
 }
