@@ -433,3 +433,67 @@ fn read_while_reaping(
     assert_eq!(done.result.res, len as i32, "{done:?}");
     reader.join().unwrap().unwrap()
 }
+
+/// With UDP_SEGMENT, one request is one GSO batch: pairs of exactly
+/// gso_size bytes arrive as that many datagrams, in order.
+#[rstest]
+fn udp_segment_batch_of_pairs(#[values(Family::V4, Family::V6)] family: Family) {
+    require_feature();
+    const GSO: usize = 1000;
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let peer = Peer::new(Transport::UdpConnected, family).unwrap();
+    let Peer::Udp(udp) = &peer else {
+        unreachable!()
+    };
+    let gso = GSO as libc::c_int;
+    // SAFETY: a valid int option value for a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&udp.tx),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            (&gso as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+
+    let mut segs = Vec::new();
+    for i in 0..4u8 {
+        segs.push(hdr(i));
+        segs.push(Seg::Fixed {
+            buf: (i % 3) as u16,
+            off: 333 * i as usize,
+            len: GSO - 24,
+        });
+    }
+    let req = Request::new(segs, &bufs);
+    let done = send(&mut ring, &req, Op::SendMsgZc, &peer);
+    assert_eq!(done.result.res, req.len() as i32, "{done:?}");
+    for chunk in req.expected().chunks(GSO) {
+        assert_eq!(udp.receive().unwrap(), chunk);
+    }
+    assert!(!udp.pending().unwrap());
+}
+
+/// A datagram that needs more frags than an skb has fails as a whole.
+#[test]
+fn udp_datagram_with_too_many_frags_is_emsgsize_and_sends_nothing() {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let peer = Peer::new(Transport::UdpConnected, Family::V4).unwrap();
+    let mut segs = vec![hdr(0)];
+    // Each range on a page of its own: no two bvecs can be merged.
+    segs.extend((0..40).map(|i| Seg::Fixed {
+        buf: 0,
+        off: 4096 * i,
+        len: 10,
+    }));
+    let req = Request::new(segs, &bufs);
+    let done = send(&mut ring, &req, Op::SendMsgZc, &peer);
+    assert_eq!(done.result.res, -libc::EMSGSIZE, "{done:?}");
+    assert!(done.notif.is_some());
+    assert!(!peer.pending().unwrap());
+}

@@ -32,7 +32,7 @@ pub const IORING_CQE_F_NOTIF: u32 = 1 << 3;
 /// per iovec (SENDMSG_ZC, and SEND_ZC with [`IORING_SEND_VECTORIZED`]).
 pub const IORING_SEND_ZC_IOV_ATTR: u16 = 1 << 6;
 
-/// Zero-copy from user memory (what SEND[MSG]_ZC does without attributes).
+/// Zero-copy from user memory (what `SEND[MSG]_ZC` does without attributes).
 pub const IORING_ZC_IOV_USER: u8 = 0;
 /// Copied at issue; the memory may be reused at the result CQE.
 pub const IORING_ZC_IOV_COPY: u8 = 1;

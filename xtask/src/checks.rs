@@ -21,7 +21,7 @@ pub fn ci(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Tal
 }
 
 /// fmt, clippy -D warnings, rustdoc -D warnings, and the host unit tests.
-fn host_checks(layout: &Layout) -> Result<Tally> {
+pub fn host_checks(layout: &Layout) -> Result<Tally> {
     let sh = Shell::new()?;
     let _cd = sh.push_dir(&layout.root);
     cmd!(sh, "cargo fmt --all -- --check")

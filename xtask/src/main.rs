@@ -2,6 +2,7 @@
 //!
 //! vm-test        fetch, patch, configure and build the kernel, boot it, run the suites
 //! check-patches  checkpatch --strict on every patch, and build every prefix of the series
+//! host           fmt, clippy, rustdoc and the host unit tests
 //! ci             host checks (fmt, clippy, unit tests), check-patches, vm-test
 //! setup          install the host packages and virtme-ng
 //! kernel         fetch, patch, configure and build only
@@ -31,6 +32,7 @@ commands:
   vm-test        build the patched kernel, boot it, run the Rust suites in it
   ci             fmt + clippy + host tests, check-patches, vm-test (what .ci/run runs)
   check-patches  checkpatch.pl --strict on each patch; build each prefix of the series
+  host           fmt, clippy -D warnings, rustdoc -D warnings, host unit tests
   kernel         fetch, patch, configure and build the kernel only
   setup          install missing host packages and virtme-ng
 
@@ -105,6 +107,9 @@ fn run(args: &[String]) -> Result<()> {
         "ci" => checks::ci(&layout, &parse_options(rest)?, &mut phases).map(Some),
         "kernel" => vm_test::kernel(&layout, &parse_options(rest)?, &mut phases).map(|_| None),
         "check-patches" => checks::check_patches(&layout, &mut phases).map(|()| None),
+        "host" => phases
+            .run("host checks", || checks::host_checks(&layout))
+            .map(Some),
         "setup" => phases
             .run("setup", || setup::ensure(&layout))
             .map(|()| None),
