@@ -5,6 +5,9 @@
 //!   `io-uring` crate.
 //! - [`probe`]: whether the running kernel has the feature.
 
+pub mod frame;
+#[doc(hidden)]
+pub mod layout;
 pub mod probe;
 pub mod sqe;
 pub mod sys;

@@ -11,13 +11,13 @@ use crate::sys;
 /// `struct io_uring_params`, only as far as `io_uring_setup` needs it.
 #[repr(C)]
 #[derive(Default)]
-struct Params {
+pub(crate) struct Params {
     sq_entries: u32,
     cq_entries: u32,
     flags: u32,
     sq_thread_cpu: u32,
     sq_thread_idle: u32,
-    features: u32,
+    pub(crate) features: u32,
     wq_fd: u32,
     resv: [u32; 3],
     // struct io_sqring_offsets and struct io_cqring_offsets, 40 bytes each.

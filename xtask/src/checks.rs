@@ -40,9 +40,10 @@ pub fn host_checks(layout: &Layout) -> Result<Tally> {
             .context("cargo doc has warnings")?;
     }
     // The VM suites run in the guest (vm-test); on the host they only build.
+    // c_header needs the patched kernel's headers: vm-test checks it.
     let out = cmd!(
         sh,
-        "cargo test --workspace --exclude sendzc-iov-vm-tests --quiet"
+        "cargo test --workspace --exclude sendzc-iov-vm-tests --quiet -- --skip c_header"
     )
     .ignore_status()
     .output()?;

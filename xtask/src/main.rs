@@ -3,6 +3,7 @@
 //! vm-test        fetch, patch, configure and build the kernel, boot it, run the suites
 //! check-patches  checkpatch --strict on every patch, and build every prefix of the series
 //! host           fmt, clippy, rustdoc and the host unit tests
+//! check-uapi     the Rust bindings against the patched kernel's C header
 //! ci             host checks (fmt, clippy, unit tests), check-patches, vm-test
 //! setup          install the host packages and virtme-ng
 //! kernel         fetch, patch, configure and build only
@@ -33,6 +34,7 @@ commands:
   ci             fmt + clippy + host tests, check-patches, vm-test (what .ci/run runs)
   check-patches  checkpatch.pl --strict on each patch; build each prefix of the series
   host           fmt, clippy -D warnings, rustdoc -D warnings, host unit tests
+  check-uapi     build the kernel, compare the Rust bindings with its <linux/io_uring.h>
   kernel         fetch, patch, configure and build the kernel only
   setup          install missing host packages and virtme-ng
 
@@ -107,6 +109,9 @@ fn run(args: &[String]) -> Result<()> {
         "ci" => checks::ci(&layout, &parse_options(rest)?, &mut phases).map(Some),
         "kernel" => vm_test::kernel(&layout, &parse_options(rest)?, &mut phases).map(|_| None),
         "check-patches" => checks::check_patches(&layout, &mut phases).map(|()| None),
+        "check-uapi" => vm_test::kernel(&layout, &parse_options(rest)?, &mut phases)
+            .and_then(|kernel| phases.run("check-uapi", || vm_test::check_uapi(&layout, &kernel)))
+            .map(|()| None),
         "host" => phases
             .run("host checks", || checks::host_checks(&layout))
             .map(Some),

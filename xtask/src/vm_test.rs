@@ -22,7 +22,7 @@ pub struct Kernel {
 }
 
 /// The Rust crates whose tests run inside the guest.
-const GUEST_PACKAGES: &[&str] = &["sendzc-iov-vm-tests"];
+const GUEST_PACKAGES: &[&str] = &["sendzc-iov", "sendzc-iov-vm-tests"];
 
 /// A short stable name for a custom source tree's build directory.
 fn tree_id(dir: &Path) -> String {
@@ -87,6 +87,23 @@ pub fn kernel(layout: &Layout, options: &Options, phases: &mut Phases) -> Result
         build,
         expect_feature,
     })
+}
+
+impl Kernel {
+    /// The uapi headers `make headers_install` put in the build tree.
+    pub fn headers(&self) -> PathBuf {
+        self.build.join("usr/include")
+    }
+}
+
+/// The Rust bindings against the patched C header (uapi/tests/c_header.rs).
+pub fn check_uapi(layout: &Layout, kernel: &Kernel) -> Result<()> {
+    let sh = Shell::new()?;
+    let _cd = sh.push_dir(&layout.root);
+    let _env = sh.push_env("SENDZC_UAPI_INCLUDE", kernel.headers());
+    cmd!(sh, "cargo test --quiet -p sendzc-iov --test c_header")
+        .run()
+        .context("the Rust bindings differ from the patched <linux/io_uring.h>")
 }
 
 /// Builds the guest test binaries on the host; returns their paths.
@@ -202,6 +219,7 @@ pub fn tally(console: &str) -> Tally {
 /// Returns the guest's test totals.
 pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Tally> {
     let kernel = kernel(layout, options, phases)?;
+    phases.run("check-uapi", || check_uapi(layout, &kernel))?;
     let binaries = phases.run("test build", || build_test_binaries(layout))?;
     let accel = phases.run("accel", || {
         vm::choose_accel(layout, &kernel.bzimage, options.accel)
@@ -292,6 +310,10 @@ fn write_guest_plan(
         u8::from(kernel.expect_feature)
     ));
     env.push_str(&format!("SENDZC_KERNEL_BUILD={}\n", kernel.build.display()));
+    env.push_str(&format!(
+        "SENDZC_UAPI_INCLUDE={}\n",
+        kernel.headers().display()
+    ));
     if options.profile == Some(Profile::Bench) {
         env.push_str("SENDZC_PROFILE=bench\n");
     }
