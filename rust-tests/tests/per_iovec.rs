@@ -497,3 +497,57 @@ fn udp_datagram_with_too_many_frags_is_emsgsize_and_sends_nothing() {
     assert!(done.notif.is_some());
     assert!(!peer.pending().unwrap());
 }
+
+/// COPY is for headers: a mixed request may copy at most 64 KiB.
+#[rstest]
+#[case::at_the_cap(64 * 1024, 0)]
+#[case::over_the_cap(64 * 1024 + 1, libc::E2BIG)]
+fn copy_bytes_of_a_mixed_request_are_capped(#[case] copy: usize, #[case] errno: i32) {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let mut peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+    let half = copy / 2;
+    let segs = vec![
+        Seg::Copy(pattern(half, 1)),
+        Seg::Fixed {
+            buf: 0,
+            off: 0,
+            len: 100,
+        },
+        Seg::Copy(pattern(copy - half, 2)),
+    ];
+    let req = Request::new(segs, &bufs);
+    let done = send(&mut ring, &req, Op::SendMsgZc, &peer);
+    assert!(done.notif.is_some());
+    if errno == 0 {
+        assert_eq!(done.result.res, req.len() as i32);
+        assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
+    } else {
+        assert_eq!(done.result.res, -errno);
+        assert!(!peer.pending().unwrap());
+    }
+}
+
+/// The cap is for mixed requests: copying everything is a plain send.
+#[test]
+fn an_all_copy_request_may_be_large() {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let Peer::Tcp(mut pair) = Peer::new(Transport::Tcp, Family::V4).unwrap() else {
+        unreachable!()
+    };
+    let req = Request::new(
+        vec![Seg::Copy(pattern(24, 1)), Seg::Copy(pattern(300 * 1024, 2))],
+        &bufs,
+    );
+    let mut sqe = req.sqe(Op::SendMsgZc, std::os::fd::AsRawFd::as_raw_fd(&pair.tx));
+    sqe.msg_flags |= libc::MSG_WAITALL as u32;
+    let expected = req.expected().to_vec();
+    let reader =
+        std::thread::spawn(move || pair.receive(expected.len()).map(|got| got == expected));
+    let done = submit(&mut ring, sqe, 8);
+    assert_eq!(done.result.res, req.len() as i32);
+    assert!(reader.join().unwrap().unwrap(), "received bytes differ");
+}

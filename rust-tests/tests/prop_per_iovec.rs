@@ -1,0 +1,334 @@
+//! Generated requests against the patched kernel (proptest).
+//!
+//! Each case is a whole request: up to 48 iovecs (shrinking toward few),
+//! lengths from 0 and 1 byte up to 512 KiB, unaligned and page-crossing
+//! offsets, each iovec COPY, USER or FIXED from one of four registered
+//! buffers of different sizes, sent with SENDMSG_ZC or vectorized SEND_ZC,
+//! over IPv4 or IPv6. Properties:
+//!
+//! 1. the receiver gets exactly the iovecs' bytes, in order (TCP stream;
+//!    one datagram per request for UDP);
+//! 2. one result CQE with F_MORE, then exactly one notification with the
+//!    same user_data, never before the result, and nothing else;
+//! 3. COPY memory overwritten right after the result CQE does not change
+//!    what the (not yet reading) receiver gets;
+//! 4. garbage in the attribute array gives -EINVAL, nothing on the wire,
+//!    and the protocol still holds.
+//!
+//! `PROPTEST_CASES` overrides the number of cases of every property.
+//! Failures are shrunk; proptest prints the minimal case and its seed, and
+//! records it under `tests/proptest-regressions/` when the tree is writable.
+
+use std::cell::RefCell;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
+use sendzc_iov::probe;
+use sendzc_iov::sys::IORING_ZC_IOV_FIXED;
+use sendzc_iov_vm_tests::net::Peer;
+use sendzc_iov_vm_tests::{
+    pattern, zc_completion, Family, Op, RegBufs, Request, Ring, Seg, Transport,
+};
+
+/// Four buffers of different sizes, so that indices and ranges matter.
+const BUF_SIZES: [usize; 4] = [1 << 20, 600 * 1024, 64 * 1024, 8 * 1024 + 17];
+
+fn require_feature() {
+    assert!(
+        probe::has_iov_attr().expect("io_uring_setup"),
+        "the kernel does not advertise IORING_FEAT_SEND_ZC_IOV_ATTR"
+    );
+}
+
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn runner(default_cases: u32) -> TestRunner {
+    TestRunner::new(Config {
+        cases: cases(default_cases),
+        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
+            "proptest-regressions",
+        ))),
+        ..Config::default()
+    })
+}
+
+/// A length: mostly small, sometimes 0 or 1, sometimes up to `max`.
+fn length(max: usize) -> impl Strategy<Value = usize> {
+    prop_oneof![
+        3 => 1usize..=64,
+        2 => 0usize..=1,
+        3 => 65usize..=9000,
+        1 => 9000usize..=max.max(9000),
+    ]
+    .prop_map(move |len| len.min(max))
+}
+
+/// One iovec, within `max` bytes.
+fn segment(max: usize) -> impl Strategy<Value = Seg> {
+    prop_oneof![
+        length(max).prop_map(|len| Seg::Copy(pattern(len, len as u8))),
+        length(max).prop_map(|len| Seg::User(pattern(len, (len as u8).wrapping_add(3)))),
+        (
+            0..BUF_SIZES.len(),
+            length(max),
+            any::<prop::sample::Index>()
+        )
+            .prop_map(|(buf, len, at)| {
+                // FIXED iovecs must not be empty; any offset that fits.
+                let len = len.clamp(1, BUF_SIZES[buf]);
+                let off = at.index(BUF_SIZES[buf] - len + 1);
+                Seg::Fixed {
+                    buf: buf as u16,
+                    off,
+                    len,
+                }
+            }),
+    ]
+}
+
+/// TCP: up to 64 iovecs and 512 KiB per iovec. UDP: one datagram within
+/// MAX_SKB_FRAGS bvecs: a few iovecs of at most two pages each.
+fn segments(transport: Transport) -> BoxedStrategy<Vec<Seg>> {
+    match transport {
+        Transport::Tcp => prop::collection::vec(segment(512 * 1024), 1..=48).boxed(),
+        _ => prop::collection::vec(segment(2000), 1..=6).boxed(),
+    }
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![Just(Op::SendMsgZc), Just(Op::SendZcVectored)]
+}
+
+fn family() -> impl Strategy<Value = Family> {
+    prop_oneof![Just(Family::V4), Just(Family::V6)]
+}
+
+/// Keeps a mixed request's COPY bytes within the kernel's 64 KiB cap.
+fn within_copy_cap(segs: &[Seg]) -> bool {
+    let copied: usize = segs
+        .iter()
+        .map(|s| match s {
+            Seg::Copy(d) => d.len(),
+            _ => 0,
+        })
+        .sum();
+    let uniform = segs.iter().all(|s| matches!(s, Seg::Copy(_)));
+    uniform || copied <= 64 * 1024
+}
+
+struct Fixture {
+    ring: Ring,
+    bufs: RegBufs,
+    peers: Vec<((Transport, Family), Peer)>,
+}
+
+impl Fixture {
+    fn new(transports: &[Transport]) -> Fixture {
+        let ring = Ring::new(64).unwrap();
+        let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+        let mut peers = Vec::new();
+        for &t in transports {
+            for f in [Family::V4, Family::V6] {
+                peers.push(((t, f), Peer::new(t, f).unwrap()));
+            }
+        }
+        Fixture { ring, bufs, peers }
+    }
+
+    fn peer(&mut self, transport: Transport, family: Family) -> &mut Peer {
+        &mut self
+            .peers
+            .iter_mut()
+            .find(|(k, _)| *k == (transport, family))
+            .unwrap()
+            .1
+    }
+}
+
+/// Sends one generated request; checks properties 1, 2 and (if `overwrite`) 3.
+fn check_request(
+    fx: &mut Fixture,
+    transport: Transport,
+    family: Family,
+    op: Op,
+    segs: Vec<Seg>,
+    overwrite: bool,
+) -> Result<(), TestCaseError> {
+    let dest = fx.peer(transport, family).dest();
+    let mut req = Request::new(segs, &fx.bufs);
+    if let Some(dest) = dest {
+        req = req.to(dest);
+    }
+    let expected = req.expected().to_vec();
+    let fd = fx.peer(transport, family).fd();
+    let mut sqe = req.sqe(op, fd);
+    sqe.msg_flags |= libc::MSG_WAITALL as u32;
+    let entry = sqe.user_data(77).into_entry();
+
+    // Large TCP requests need the receiver to read while the ring runs.
+    let mut reader = None;
+    if transport == Transport::Tcp && !overwrite {
+        let Peer::Tcp(pair) = fx.peer(transport, family) else {
+            unreachable!()
+        };
+        let mut rx = pair.rx.try_clone().unwrap();
+        let len = expected.len();
+        reader = Some(std::thread::spawn(move || {
+            let mut buf = vec![0; len];
+            std::io::Read::read_exact(&mut rx, &mut buf).map(|()| buf)
+        }));
+    }
+    // SAFETY: req (iovecs, attributes, msghdr, data) outlives the reap below.
+    unsafe { fx.ring.push(&entry) }.unwrap();
+    let cqes = fx
+        .ring
+        .reap_zc(77)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let done = zc_completion(&cqes, 77).map_err(TestCaseError::fail)?;
+    prop_assert!(done.notif.is_some(), "no notification: {:?}", cqes);
+    prop_assert_eq!(done.result.res, expected.len() as i32, "result {:?}", cqes);
+
+    if overwrite {
+        for seg in &mut req.segs {
+            if let Seg::Copy(data) = seg {
+                data.fill(0x5a);
+            }
+        }
+    }
+    let got = match reader {
+        Some(r) => r.join().unwrap(),
+        None => fx.peer(transport, family).receive(expected.len()),
+    }
+    .map_err(|e| TestCaseError::fail(format!("receive: {e}")))?;
+    prop_assert!(
+        got == expected,
+        "received bytes differ ({} vs {} bytes)",
+        got.len(),
+        expected.len()
+    );
+    if transport != Transport::Tcp {
+        prop_assert!(
+            !fx.peer(transport, family).pending().unwrap(),
+            "more than one datagram"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn tcp_requests_arrive_whole_and_in_order() {
+    require_feature();
+    let fx = RefCell::new(Fixture::new(&[Transport::Tcp]));
+    let strategy = (family(), op(), segments(Transport::Tcp))
+        .prop_filter("COPY cap", |(_, _, s)| within_copy_cap(s));
+    runner(400)
+        .run(&strategy, |(family, op, segs)| {
+            check_request(
+                &mut fx.borrow_mut(),
+                Transport::Tcp,
+                family,
+                op,
+                segs,
+                false,
+            )
+        })
+        .unwrap();
+}
+
+#[test]
+fn udp_requests_are_one_datagram_each() {
+    require_feature();
+    let transports = [Transport::UdpConnected, Transport::UdpTo];
+    let fx = RefCell::new(Fixture::new(&transports));
+    let strategy = (
+        prop_oneof![Just(Transport::UdpConnected), Just(Transport::UdpTo)],
+        family(),
+        op(),
+        segments(Transport::UdpConnected),
+    );
+    runner(1000)
+        .run(&strategy, |(t, family, op, segs)| {
+            check_request(&mut fx.borrow_mut(), t, family, op, segs, false)
+        })
+        .unwrap();
+}
+
+#[test]
+fn copy_memory_is_reusable_at_the_result() {
+    require_feature();
+    let fx = RefCell::new(Fixture::new(&[Transport::Tcp, Transport::UdpConnected]));
+    // Small enough to sit in the receiver's socket buffer unread.
+    let strategy = (
+        prop_oneof![Just(Transport::Tcp), Just(Transport::UdpConnected)],
+        family(),
+        op(),
+        segments(Transport::UdpConnected),
+    );
+    runner(300)
+        .run(&strategy, |(t, family, op, segs)| {
+            check_request(&mut fx.borrow_mut(), t, family, op, segs, true)
+        })
+        .unwrap();
+}
+
+/// Garbage in one attribute: a non-zero flags or resv byte, a mode past
+/// FIXED, or a buffer index on a non-FIXED iovec.
+fn garbage() -> impl Strategy<Value = (usize, u8, u8, u16, u32)> {
+    (
+        any::<prop::sample::Index>().prop_map(|i| i.index(64)),
+        any::<u8>(),
+        any::<u8>(),
+        any::<u16>(),
+        any::<u32>(),
+    )
+        .prop_filter("must be invalid", |(_, mode, flags, idx, resv)| {
+            *flags != 0
+                || *resv != 0
+                || *mode > IORING_ZC_IOV_FIXED
+                || (*mode != IORING_ZC_IOV_FIXED && *idx != 0)
+        })
+}
+
+#[test]
+fn garbage_attributes_are_einval_and_send_nothing() {
+    require_feature();
+    let fx = RefCell::new(Fixture::new(&[Transport::Tcp, Transport::UdpConnected]));
+    let strategy = (
+        prop_oneof![Just(Transport::Tcp), Just(Transport::UdpConnected)],
+        op(),
+        segments(Transport::UdpConnected),
+        garbage(),
+    );
+    runner(300)
+        .run(&strategy, |(t, op, segs, (at, mode, flags, idx, resv))| {
+            let fx = &mut *fx.borrow_mut();
+            let mut req = Request::new(segs, &fx.bufs);
+            let at = at % req.attrs.len();
+            req.attrs[at].mode = mode;
+            req.attrs[at].flags = flags;
+            req.attrs[at].buf_index = idx;
+            req.attrs[at].resv = resv;
+            let fd = fx.peer(t, Family::V4).fd();
+            let entry = req.sqe(op, fd).user_data(78).into_entry();
+            // SAFETY: req outlives the reap below.
+            unsafe { fx.ring.push(&entry) }.unwrap();
+            let cqes = fx
+                .ring
+                .reap_zc(78)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let done = zc_completion(&cqes, 78).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(done.result.res, -libc::EINVAL);
+            prop_assert!(done.notif.is_some());
+            prop_assert!(
+                !fx.peer(t, Family::V4).pending().unwrap(),
+                "bytes reached the receiver"
+            );
+            Ok(())
+        })
+        .unwrap();
+}
