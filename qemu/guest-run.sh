@@ -4,6 +4,7 @@
 # usage: guest-run.sh OUTDIR [TEST-ARGS...]
 #   OUTDIR/env    KEY=value lines exported to the tests
 #   OUTDIR/tests  test binaries (host paths; the guest shares the host's root)
+#   OUTDIR/peers  suites written by others: name<TAB>directory<TAB>command
 # Writes OUTDIR/dmesg.txt, OUTDIR/kmemleak.txt, and last OUTDIR/status (the
 # host treats a missing status file as a crashed or hung guest).
 set -u
@@ -19,12 +20,27 @@ while IFS= read -r kv; do
 	[ -n "$kv" ] && export "$kv"
 done < "$out/env"
 
+# Kernel problems logged before this line are boot problems (see xtask).
+echo "sendzc-guest: tests start" > /dev/kmsg
 status=0
 while IFS= read -r bin; do
 	[ -n "$bin" ] || continue
 	echo "sendzc-guest: running $(basename "$bin")"
 	"$bin" --color never "$@" || status=1
 done < "$out/tests"
+
+# Suites written by others: name, directory and command, tab-separated.
+tab=$(printf '\t')
+while IFS="$tab" read -r name dir command; do
+	[ -n "$name" ] || continue
+	echo "sendzc-guest: running peer suite $name"
+	if (cd "$dir" && $command); then
+		echo "peer-result: $name ok"
+	else
+		echo "peer-result: $name FAILED"
+		status=1
+	fi
+done < "$out/peers"
 
 # kmemleak reports objects unreferenced for at least 5 s on two scans.
 leaks=/sys/kernel/debug/kmemleak

@@ -13,7 +13,7 @@ pub mod ring;
 
 pub use net::{CSockAddr, Family, Peer, TcpPair, Transport, UdpPair};
 pub use request::{MmapBuf, Op, RegBufs, Request, Seg};
-pub use ring::{zc_completion, Cqe, Ring, ZcCompletion};
+pub use ring::{zc_completion, Cqe, Ring, Setup, ZcCompletion};
 
 /// How long any single wait (CQEs, received bytes) may take.
 pub const CQE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use sendzc_iov::sqe::SendSqe;
 use sendzc_iov::sys::io_uring_zc_iov_attr;
@@ -40,6 +41,43 @@ impl MmapBuf {
         })
     }
 
+    /// A shared mapping of a new sealable memfd, and the memfd: a test can
+    /// tell from `F_SEAL_WRITE` whether anything still holds its pages.
+    pub fn memfd(len: usize) -> io::Result<(MmapBuf, OwnedFd)> {
+        // SAFETY: the name is a NUL-terminated literal.
+        let fd = unsafe { libc::memfd_create(c"sendzc-buffer".as_ptr(), libc::MFD_ALLOW_SEALING) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: memfd_create returned a new descriptor that we now own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: a plain syscall on the descriptor we own.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: maps `len` bytes of our memfd; Drop unmaps them.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((
+            MmapBuf {
+                ptr: ptr.cast(),
+                len,
+            },
+            fd,
+        ))
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the mapping is `len` bytes, readable, and lives as long as self.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
@@ -73,12 +111,19 @@ pub struct RegBufs {
 
 impl RegBufs {
     pub fn register(ring: &Ring, sizes: &[usize]) -> io::Result<RegBufs> {
-        let mut bufs = Vec::with_capacity(sizes.len());
-        for (i, &len) in sizes.iter().enumerate() {
-            let mut buf = MmapBuf::new(len)?;
+        let bufs = sizes
+            .iter()
+            .map(|&len| MmapBuf::new(len))
+            .collect::<io::Result<_>>()?;
+        RegBufs::register_bufs(ring, bufs)
+    }
+
+    /// Fills each of `bufs` with its pattern and registers them, in order.
+    pub fn register_bufs(ring: &Ring, mut bufs: Vec<MmapBuf>) -> io::Result<RegBufs> {
+        for (i, buf) in bufs.iter_mut().enumerate() {
+            let len = buf.as_slice().len();
             buf.as_mut_slice()
                 .copy_from_slice(&pattern(len, i as u8 * 17 + 5));
-            bufs.push(buf);
         }
         let iovecs: Vec<libc::iovec> = bufs.iter().map(MmapBuf::iovec).collect();
         // SAFETY: the mappings stay alive in the returned RegBufs; after they

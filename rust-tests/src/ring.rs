@@ -41,10 +41,36 @@ pub struct Ring {
     pub ring: IoUring,
 }
 
+/// How a ring is set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setup {
+    Default,
+    /// IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SINGLE_ISSUER: completions
+    /// run only when this thread waits for them.
+    DeferTaskrun,
+    /// IORING_SETUP_SQPOLL: a kernel thread submits.
+    SqPoll,
+}
+
 impl Ring {
     pub fn new(entries: u32) -> io::Result<Ring> {
+        Ring::with_setup(entries, Setup::Default)
+    }
+
+    pub fn with_setup(entries: u32, setup: Setup) -> io::Result<Ring> {
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(entries * 4);
+        match setup {
+            Setup::Default => {}
+            Setup::DeferTaskrun => {
+                builder.setup_defer_taskrun().setup_single_issuer();
+            }
+            Setup::SqPoll => {
+                builder.setup_sqpoll(1000);
+            }
+        }
         Ok(Ring {
-            ring: IoUring::new(entries)?,
+            ring: builder.build(entries)?,
         })
     }
 

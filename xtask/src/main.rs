@@ -11,6 +11,7 @@
 mod checks;
 mod kernel;
 mod layout;
+mod peers;
 mod phase;
 mod setup;
 mod source;

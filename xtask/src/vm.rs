@@ -213,6 +213,28 @@ pub fn kernel_problems(log: &str) -> Vec<&str> {
         .collect()
 }
 
+/// What guest-run.sh writes to the kernel log before the first test.
+pub const TESTS_START: &str = "sendzc-guest: tests start";
+
+/// Kernel problems logged before the tests started: at boot, in code the
+/// tests never reached.
+pub fn boot_problems(out_dir: &Path) -> Vec<String> {
+    let dmesg = fs::read_to_string(out_dir.join("dmesg.txt")).unwrap_or_default();
+    problems_before_tests(&dmesg)
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Problem lines before the [`TESTS_START`] marker; none without it (then
+/// every problem counts against the run).
+fn problems_before_tests(dmesg: &str) -> Vec<&str> {
+    match dmesg.find(TESTS_START) {
+        Some(at) => kernel_problems(&dmesg[..at]),
+        None => Vec::new(),
+    }
+}
+
 /// Fails with the offending lines when dmesg or the kmemleak report of the
 /// last guest run show a kernel problem.
 pub fn check_kernel_logs(out_dir: &Path) -> Result<()> {
@@ -253,6 +275,17 @@ mod tests {
                    unreferenced object 0xffff888 (size 64):\n\
                    [    4.0] ok again\n";
         assert_eq!(kernel_problems(log).len(), 3);
+    }
+
+    #[test]
+    fn splits_boot_problems_from_test_problems() {
+        let log = format!(
+            "[0.1] BUG: KASAN: wild-memory-access in do_raw_spin_lock\n[5.0] {TESTS_START}\n\
+             [6.0] WARNING: at io_uring/net.c:1\n"
+        );
+        assert_eq!(problems_before_tests(&log).len(), 1);
+        assert_eq!(kernel_problems(&log).len(), 2);
+        assert!(problems_before_tests("[0.1] BUG: no marker\n").is_empty());
     }
 
     #[test]

@@ -10,11 +10,12 @@ use xshell::{cmd, Shell};
 use crate::layout::{Layout, Profile};
 use crate::phase::Phases;
 use crate::vm::{self, Accel, Boot};
-use crate::{kernel, setup, source, Options};
+use crate::{kernel, peers, setup, source, Options};
 
 /// A built kernel, ready to boot.
 pub struct Kernel {
     pub bzimage: PathBuf,
+    pub src: PathBuf,
     pub build: PathBuf,
     /// True when the tree carries the series, so the per-iovec feature must
     /// be there: tests that need it fail instead of skipping.
@@ -84,6 +85,7 @@ pub fn kernel(layout: &Layout, options: &Options, phases: &mut Phases) -> Result
     })?;
     Ok(Kernel {
         bzimage: build.join("arch/x86/boot/bzImage"),
+        src,
         build,
         expect_feature,
     })
@@ -221,6 +223,13 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Ta
     let kernel = kernel(layout, options, phases)?;
     phases.run("check-uapi", || check_uapi(layout, &kernel))?;
     let binaries = phases.run("test build", || build_test_binaries(layout))?;
+    let peer_suites = phases.run("peer build", || {
+        Ok(vec![peers::kernel_zerocopy_selftest(
+            layout,
+            &kernel.src,
+            &kernel.build,
+        )?])
+    })?;
     let accel = phases.run("accel", || {
         vm::choose_accel(layout, &kernel.bzimage, options.accel)
     })?;
@@ -228,6 +237,8 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Ta
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out)?;
     write_guest_plan(&out, &binaries, &kernel, options)?;
+    let plan: String = peer_suites.iter().map(peers::plan_line).collect();
+    fs::write(out.join("peers"), plan)?;
     let timeout = options.timeout.unwrap_or(match accel {
         Accel::Kvm => Duration::from_secs(600),
         Accel::Tcg => Duration::from_secs(2400),
@@ -244,19 +255,51 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Ta
         exec.push_str(&shell_quote(arg));
     }
     let console_log = layout.vm_out().join("console.log");
-    let outcome = phases.run("boot+test", || {
-        Boot {
-            kernel: &kernel.bzimage,
-            accel,
-            exec,
-            out_dir: &out,
-            console_log: console_log.clone(),
-            timeout,
+    let boot = Boot {
+        kernel: &kernel.bzimage,
+        accel,
+        exec,
+        out_dir: &out,
+        console_log: console_log.clone(),
+        timeout,
+    };
+    let mut outcome = phases.run("boot+test", || boot.run(layout))?;
+    // A report logged at boot, before any test ran, is not about the code
+    // under test, but it taints the kernel (lockdep turns itself off): say
+    // so and boot once more. A second one fails the run below.
+    let early = vm::boot_problems(&out);
+    if !early.is_empty() {
+        eprintln!("  kernel problem at boot, before the tests (retrying the boot once):");
+        for line in &early {
+            eprintln!("  ! {line}");
         }
-        .run(layout)
-    })?;
+        let saved = layout.vm_out().join("console-boot-problem.log");
+        fs::copy(&console_log, &saved)?;
+        eprintln!("  first console log kept as {}", saved.display());
+        outcome = phases.run("boot+test (again)", || boot.run(layout))?;
+    }
     let console = fs::read_to_string(&console_log).unwrap_or_default();
-    let tally = tally(&console);
+    let mut tally = tally(&console);
+    let peer_results = peers::results(&console);
+    for (name, ok) in &peer_results {
+        eprintln!(
+            "  peer suite {name}: {}",
+            if *ok { "passed" } else { "FAILED" }
+        );
+        if *ok {
+            tally.passed += 1;
+        } else {
+            tally.failed += 1;
+        }
+    }
+    if peer_results.len() != peer_suites.len() {
+        bail!(
+            "{} of {} peer suites reported a result; see {}",
+            peer_results.len(),
+            peer_suites.len(),
+            console_log.display()
+        );
+    }
     let logs = phases.run("dmesg", || vm::check_kernel_logs(&out));
     eprintln!(
         "vm-test: {} test binaries in the guest ({}), console log {}",

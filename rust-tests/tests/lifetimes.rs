@@ -1,0 +1,162 @@
+//! What a request holds is released: after its notification and an
+//! unregister, and after closing the ring and socket with it in flight.
+//!
+//! A memfd-backed registered buffer is the witness: `F_SEAL_WRITE` is
+//! refused (-EBUSY) while anything still holds its pages.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sendzc_iov::probe;
+use sendzc_iov_vm_tests::net::Peer;
+use sendzc_iov_vm_tests::{
+    pattern, zc_completion, Family, MmapBuf, Op, RegBufs, Request, Ring, Seg, Transport,
+};
+
+/// These tests read system-wide counters: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn require_feature() {
+    assert!(
+        probe::has_iov_attr().expect("io_uring_setup"),
+        "the kernel does not advertise IORING_FEAT_SEND_ZC_IOV_ATTR"
+    );
+}
+
+/// Tries F_SEAL_WRITE on `memfd` until it succeeds or `within` has passed.
+fn seal_write(memfd: &OwnedFd, within: Duration) -> std::io::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        // SAFETY: fcntl on a descriptor we own.
+        let rc = unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_WRITE) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if Instant::now() > deadline {
+            return Err(err);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Buffer 0 backed by a memfd, then two anonymous buffers, registered.
+fn buffers_with_memfd(ring: &Ring, memfd_len: usize) -> (RegBufs, OwnedFd) {
+    let (mem, fd) = MmapBuf::memfd(memfd_len).unwrap();
+    let bufs = vec![
+        mem,
+        MmapBuf::new(64 * 1024).unwrap(),
+        MmapBuf::new(32 * 1024).unwrap(),
+    ];
+    (RegBufs::register_bufs(ring, bufs).unwrap(), fd)
+}
+
+fn mixed(memfd_len: usize) -> Vec<Seg> {
+    vec![
+        Seg::Copy(pattern(24, 1)),
+        Seg::Fixed {
+            buf: 0,
+            off: 3,
+            len: memfd_len - 3,
+        },
+        Seg::Copy(pattern(24, 2)),
+        Seg::Fixed {
+            buf: 1,
+            off: 0,
+            len: 1000,
+        },
+        Seg::User(pattern(3000, 4)),
+    ]
+}
+
+/// TCP memory in pages, from /proc/net/sockstat.
+fn tcp_mem_pages() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/sockstat").unwrap();
+    let line = text.lines().find(|l| l.starts_with("TCP:")).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let at = fields.iter().position(|f| *f == "mem").unwrap();
+    fields[at + 1].parse().unwrap()
+}
+
+#[test]
+fn pages_are_released_after_the_notification_and_unregister() {
+    require_feature();
+    let _serial = SERIAL.lock().unwrap();
+    const MEMFD: usize = 256 * 1024;
+    let mut ring = Ring::new(8).unwrap();
+    let (bufs, memfd) = buffers_with_memfd(&ring, MEMFD);
+    let Peer::Tcp(pair) = Peer::new(Transport::Tcp, Family::V4).unwrap() else {
+        unreachable!()
+    };
+    let req = Request::new(mixed(MEMFD), &bufs);
+    let mut rx = pair.rx.try_clone().unwrap();
+    let len = req.len();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0; len];
+        std::io::Read::read_exact(&mut rx, &mut buf).map(|()| buf)
+    });
+    let mut sqe = req.sqe(Op::SendMsgZc, pair.tx.as_raw_fd());
+    sqe.msg_flags |= libc::MSG_WAITALL as u32;
+    let entry = sqe.user_data(1).into_entry();
+    // SAFETY: req and the buffers outlive the reap below.
+    unsafe { ring.push(&entry) }.unwrap();
+    let cqes = ring.reap_zc(1).unwrap();
+    assert_eq!(
+        zc_completion(&cqes, 1).unwrap().result.res,
+        req.len() as i32
+    );
+    assert_eq!(reader.join().unwrap().unwrap(), req.expected());
+
+    ring.ring.submitter().unregister_buffers().unwrap();
+    drop(bufs);
+    seal_write(&memfd, Duration::from_secs(5))
+        .expect("F_SEAL_WRITE: the memfd's pages are still held");
+}
+
+#[test]
+fn closing_ring_and_socket_with_a_request_in_flight_releases_everything() {
+    require_feature();
+    let _serial = SERIAL.lock().unwrap();
+    const MEMFD: usize = 512 * 1024;
+    let baseline = tcp_mem_pages();
+    let mut ring = Ring::new(8).unwrap();
+    let (bufs, memfd) = buffers_with_memfd(&ring, MEMFD);
+    let Peer::Tcp(pair) = Peer::new(Transport::Tcp, Family::V4).unwrap() else {
+        unreachable!()
+    };
+    // A tiny send buffer and an idle receiver keep the request waiting;
+    // linger 0 makes close() reset the connection at once.
+    nix::sys::socket::setsockopt(&pair.tx, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    nix::sys::socket::setsockopt(&pair.tx, nix::sys::socket::sockopt::Linger, &linger).unwrap();
+    let req = Request::new(mixed(MEMFD), &bufs);
+    let mut sqe = req.sqe(Op::SendMsgZc, pair.tx.as_raw_fd());
+    sqe.msg_flags |= libc::MSG_WAITALL as u32;
+    let entry = sqe.user_data(1).into_entry();
+    // SAFETY: the request may outlive the ring in the kernel; it reads only
+    // pages the kernel holds and `req`'s memory, which is leaked below
+    // rather than freed.
+    unsafe { ring.push(&entry) }.unwrap();
+    ring.ring.submit().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(pair);
+    drop(ring);
+    std::mem::forget(req);
+    drop(bufs);
+
+    seal_write(&memfd, Duration::from_secs(10))
+        .expect("F_SEAL_WRITE: pages still held after ring and socket were closed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tcp_mem_pages() > baseline && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let now = tcp_mem_pages();
+    assert!(
+        now <= baseline,
+        "TCP memory {now} pages, baseline {baseline}"
+    );
+}
