@@ -73,30 +73,59 @@ pub const HEADER_SLOT: usize = 1024;
 /// Header staging slots per registered buffer.
 pub const HEADER_SLOTS: usize = 16;
 
-/// Why a request was refused before anything was submitted.
+/// Why a request was refused before anything was submitted. `frame` is
+/// the index of the offending frame in its batch, `buf` a buffer index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameError {
     /// The batch has no frames.
     Empty,
     /// A header of zero bytes.
-    EmptyHeader { frame: usize },
+    EmptyHeader {
+        /// The frame.
+        frame: usize,
+    },
     /// A payload of zero bytes.
-    EmptyPayload { frame: usize },
+    EmptyPayload {
+        /// The frame.
+        frame: usize,
+    },
     /// More frames than one request can carry (two iovecs per frame).
-    TooManyFrames { frames: usize, max: usize },
+    TooManyFrames {
+        /// Frames asked for.
+        frames: usize,
+        /// Frames allowed.
+        max: usize,
+    },
     /// More bytes than one request can carry.
-    TooLarge { bytes: usize, max: usize },
+    TooLarge {
+        /// Bytes asked for.
+        bytes: usize,
+        /// Bytes allowed.
+        max: usize,
+    },
     /// No registered buffer with this index.
-    UnknownBuffer { frame: usize, buf: u16 },
+    UnknownBuffer {
+        /// The frame.
+        frame: usize,
+        /// The index it named.
+        buf: u16,
+    },
     /// The payload's range is not inside its buffer.
     OutOfRange {
+        /// The frame.
         frame: usize,
+        /// The buffer.
         buf: u16,
+        /// The range asked for.
         range: Range<usize>,
+        /// The buffer's length.
         len: usize,
     },
     /// The buffer is used by a request in flight.
-    Busy { buf: u16 },
+    Busy {
+        /// The buffer.
+        buf: u16,
+    },
     /// The ring's submission queue is full.
     QueueFull,
 }
@@ -143,7 +172,12 @@ impl From<FrameError> for io::Error {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
     /// `range` of registered buffer `buf` of the sender's [`BufferPool`].
-    Fixed { buf: u16, range: Range<usize> },
+    Fixed {
+        /// The buffer's index in the pool.
+        buf: u16,
+        /// The bytes of the buffer to send.
+        range: Range<usize>,
+    },
     /// Memory the request owns until [`Event::Released`] returns it.
     Owned(Vec<u8>),
 }
@@ -170,6 +204,7 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// An empty batch.
     pub fn new() -> Batch {
         Batch::default()
     }
@@ -203,6 +238,7 @@ impl Batch {
         self.frames.len()
     }
 
+    /// True if no frame was pushed.
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
@@ -237,7 +273,9 @@ impl Batch {
 /// the rest of that frame and the frames after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resume {
+    /// The first frame not sent completely.
     pub frame: usize,
+    /// Its bytes already sent (header first, then payload).
     pub offset: usize,
 }
 
@@ -281,6 +319,7 @@ impl BufferPool {
         self.bufs.len()
     }
 
+    /// True if the pool has no buffers.
     pub fn is_empty(&self) -> bool {
         self.bufs.is_empty()
     }
@@ -362,8 +401,12 @@ impl BufferPool {
 /// How the sender's requests go out; see the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
+    /// `IORING_SEND_ZC_IOV_ATTR`: the kernel series is there.
     PerIovec,
+    /// SENDMSG_ZC with `IORING_RECVSEND_FIXED_BUF` where payloads share a
+    /// buffer, plain SENDMSG otherwise (Linux 6.15+ without the series).
     FixedBuf,
+    /// Plain SENDMSG.
     Copy,
 }
 
@@ -372,8 +415,11 @@ pub enum Path {
 pub enum RequestPath {
     /// Headers copied, payloads zero-copied each from its own place.
     PerIovec,
-    /// SENDMSG_ZC with IORING_RECVSEND_FIXED_BUF from this buffer.
-    FixedBuf { buf: u16 },
+    /// SENDMSG_ZC with IORING_RECVSEND_FIXED_BUF from one buffer.
+    FixedBuf {
+        /// The buffer every payload (and the staged headers) came from.
+        buf: u16,
+    },
     /// Plain SENDMSG.
     Copy,
 }
@@ -391,22 +437,32 @@ pub enum Event {
     /// only if the send was cut short (a signal, a non-blocking socket, a
     /// datagram socket); `resume` says where the unsent part starts.
     Sent {
+        /// The request.
         id: RequestId,
+        /// How it went out.
         path: RequestPath,
+        /// Bytes sent.
         sent: usize,
+        /// Bytes the request carried.
         total: usize,
+        /// Where the unsent part starts, if `sent < total`.
         resume: Option<Resume>,
     },
     /// The request failed and sent nothing.
     Failed {
+        /// The request.
         id: RequestId,
+        /// How it was to go out.
         path: RequestPath,
+        /// The kernel's error.
         error: io::Error,
     },
     /// The kernel is done with the request's memory: its buffers are no
     /// longer busy, and its owned payloads are handed back, in order.
     Released {
+        /// The request.
         id: RequestId,
+        /// Its `Payload::Owned` payloads, in frame order.
         payloads: Vec<Vec<u8>>,
     },
 }
@@ -497,10 +553,12 @@ impl FrameSender {
         self.path
     }
 
+    /// The registered buffers.
     pub fn pool(&self) -> &BufferPool {
         &self.pool
     }
 
+    /// The registered buffers, to write payloads into.
     pub fn pool_mut(&mut self) -> &mut BufferPool {
         &mut self.pool
     }

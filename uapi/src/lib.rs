@@ -5,6 +5,8 @@
 //!   `io-uring` crate.
 //! - [`probe`]: whether the running kernel has the feature.
 
+#![warn(missing_docs)]
+
 pub mod frame;
 #[doc(hidden)]
 pub mod layout;

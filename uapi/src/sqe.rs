@@ -16,11 +16,13 @@ use crate::sys;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SendSqe {
+    /// `IORING_OP_*`.
     pub opcode: u8,
     /// `IOSQE_*` flags.
     pub flags: u8,
     /// `IORING_RECVSEND_*` and `IORING_SEND_*` flags.
     pub ioprio: u16,
+    /// The socket.
     pub fd: i32,
     /// SEND_ZC: destination `sockaddr`.
     pub addr2: u64,
@@ -30,12 +32,15 @@ pub struct SendSqe {
     pub len: u32,
     /// `MSG_*` flags.
     pub msg_flags: u32,
+    /// Copied to the CQEs.
     pub user_data: u64,
     /// Registered buffer with `IORING_RECVSEND_FIXED_BUF`.
     pub buf_index: u16,
+    /// Credentials registered with IORING_REGISTER_PERSONALITY.
     pub personality: u16,
     /// SEND_ZC: destination address length.
     pub addr_len: u16,
+    /// `__pad3`: must be zero.
     pub pad3: u16,
     /// user_data of the notification CQE (0: the request's).
     pub addr3: u64,
@@ -86,6 +91,7 @@ impl SendSqe {
         self
     }
 
+    /// Sets the user_data of the request's CQEs.
     pub fn user_data(mut self, user_data: u64) -> SendSqe {
         self.user_data = user_data;
         self
