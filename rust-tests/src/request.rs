@@ -221,6 +221,11 @@ impl Request {
         }
     }
 
+    /// The msghdr pointing at the iovecs (and destination).
+    pub fn msghdr(&self) -> *const libc::msghdr {
+        &*self.msg
+    }
+
     /// The bytes the receiver must see, in order.
     pub fn expected(&self) -> &[u8] {
         &self.expected

@@ -4,10 +4,12 @@
 //! check-patches  checkpatch --strict on every patch, and build every prefix of the series
 //! host           fmt, clippy, rustdoc and the host unit tests
 //! check-uapi     the Rust bindings against the patched kernel's C header
+//! bench          the benchmark of issue 6 on the bench kernel
 //! ci             host checks (fmt, clippy, unit tests), check-patches, vm-test
 //! setup          install the host packages and virtme-ng
 //! kernel         fetch, patch, configure and build only
 
+mod bench;
 mod checks;
 mod kernel;
 mod layout;
@@ -36,6 +38,7 @@ commands:
   check-patches  checkpatch.pl --strict on each patch; build each prefix of the series
   host           fmt, clippy -D warnings, rustdoc -D warnings, host unit tests
   check-uapi     build the kernel, compare the Rust bindings with its <linux/io_uring.h>
+  bench [--quick]  bench kernel, sendzc-bench in the guest: table, targets, plot
   kernel         fetch, patch, configure and build the kernel only
   setup          install missing host packages and virtme-ng
 
@@ -113,6 +116,11 @@ fn run(args: &[String]) -> Result<()> {
         "check-uapi" => vm_test::kernel(&layout, &parse_options(rest)?, &mut phases)
             .and_then(|kernel| phases.run("check-uapi", || vm_test::check_uapi(&layout, &kernel)))
             .map(|()| None),
+        "bench" => {
+            let quick = rest.first().is_some_and(|a| a == "--quick");
+            let rest = if quick { &rest[1..] } else { rest };
+            bench::run(&layout, &parse_options(rest)?, &mut phases, quick).map(|()| None)
+        }
         "host" => phases
             .run("host checks", || checks::host_checks(&layout))
             .map(Some),

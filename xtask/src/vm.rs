@@ -42,6 +42,8 @@ pub struct Boot<'a> {
     pub out_dir: &'a Path,
     pub console_log: PathBuf,
     pub timeout: Duration,
+    /// More vng arguments (network, QEMU options).
+    pub vng_args: Vec<String>,
 }
 
 /// How a boot ended.
@@ -76,6 +78,7 @@ impl Boot<'_> {
             .arg(self.kernel)
             .args(["--cpus", "2", "--memory", "2G"])
             .arg(format!("--rwdir={}", self.out_dir.display()))
+            .args(&self.vng_args)
             .args(["--exec", &self.exec]);
         if self.accel == Accel::Tcg {
             command.arg("--disable-kvm");
@@ -179,6 +182,7 @@ pub fn choose_accel(layout: &Layout, kernel: &Path, forced: Option<Accel>) -> Re
         out_dir: &probe_dir,
         console_log: layout.vm_out().join("kvm-probe.log"),
         timeout: Duration::from_secs(60),
+        vng_args: Vec::new(),
     }
     .run(layout)?;
     let ok = outcome.status == Some(0);

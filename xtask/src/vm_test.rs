@@ -116,9 +116,10 @@ fn build_test_binaries(layout: &Layout) -> Result<Vec<PathBuf>> {
         .iter()
         .flat_map(|p| ["-p".to_string(), p.to_string()])
         .collect();
+    // Library and integration tests only: bins (sendzc-bench) are no tests.
     let json = cmd!(
         sh,
-        "cargo test --no-run --message-format=json {packages...}"
+        "cargo test --no-run --lib --tests --message-format=json {packages...}"
     )
     .read()
     .context("building the guest test binaries failed")?;
@@ -135,12 +136,17 @@ fn build_test_binaries(layout: &Layout) -> Result<Vec<PathBuf>> {
     Ok(binaries)
 }
 
-/// The `"executable"` paths of test artifacts in cargo's JSON messages.
+/// The `"executable"` paths of test artifacts in cargo's JSON messages:
+/// those built with the test profile (`"profile":{..."test":true}`).
 fn test_executables(json: &str) -> Vec<PathBuf> {
     const KEY: &str = "\"executable\":\"";
     json.lines()
+        .filter(|line| line.contains("\"reason\":\"compiler-artifact\""))
         .filter(|line| {
-            line.contains("\"reason\":\"compiler-artifact\"") && line.contains("\"test\":true")
+            line.split("\"profile\":{")
+                .nth(1)
+                .and_then(|p| p.split('}').next())
+                .is_some_and(|profile| profile.contains("\"test\":true"))
         })
         .filter_map(|line| {
             let start = line.find(KEY)? + KEY.len();
@@ -262,6 +268,7 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Ta
         out_dir: &out,
         console_log: console_log.clone(),
         timeout,
+        vng_args: Vec::new(),
     };
     let mut outcome = phases.run("boot+test", || boot.run(layout))?;
     // A report logged at boot, before any test ran, is not about the code
@@ -333,7 +340,8 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Ta
         Some(_) => {
             logs.ok();
             bail!(
-                "{} test(s) failed in the guest; see {}",
+                "the guest's tests failed ({} failed test(s) counted; a binary may \
+                 also have exited with an error); see {}",
                 tally.failed,
                 console_log.display()
             )
@@ -406,6 +414,8 @@ mod tests {
             r#"{"reason":"compiler-artifact","profile":{"test":false},"executable":null}"#,
             "\n",
             r#"{"reason":"compiler-artifact","profile":{"test":true},"executable":"/t/debug/deps/cqe-1234"}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"test":true},"profile":{"test":false},"executable":"/t/debug/bench"}"#,
             "\n",
             r#"{"reason":"build-finished","success":true}"#
         );

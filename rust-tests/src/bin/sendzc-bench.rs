@@ -1,0 +1,385 @@
+//! sendzc-bench: what per-iovec send buys, measured side by side in one run.
+//! Runs inside the guest (`cargo xtask bench`), on the bench kernel.
+//!
+//! usage: sendzc-bench OUT.csv udp-dummy|tcp=HOST:PORT [--quick]
+//!
+//! For every transport, shape (24-byte header + payload, pairs per
+//! request) and mode, sends the same bytes several times and writes one
+//! CSV row per repetition: wall time, sender thread CPU time, requests,
+//! bytes, and whether REPORT_USAGE confirmed zero-copy. Under QEMU with
+//! `-icount`, both clocks count guest instructions, not host time.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::Duration;
+
+use io_uring::{opcode, squeue, types};
+use sendzc_iov::sqe::SendSqe;
+use sendzc_iov::sys;
+use sendzc_iov_vm_tests::{Cqe, MmapBuf, RegBufs, Request, Ring, Seg};
+
+const HEADER: usize = 24;
+const BUFFERS: usize = 4;
+/// Each registered buffer: payload area, then headers for one-buffer modes.
+const PAYLOAD_AREA: usize = 8 << 20;
+const HEADER_AREA: usize = 4096;
+/// Requests in flight at once.
+const WINDOW: usize = 8;
+
+/// The modes of issue 6, each sending the same bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// (a) IORING_OP_SENDMSG, all copied.
+    SendMsg,
+    /// (b) SENDMSG_ZC, all zero-copy from user memory.
+    ZcUser,
+    /// (c) SENDMSG_ZC + FIXED_BUF, headers and payloads in one buffer.
+    ZcFixedOne,
+    /// (d) linked SEND (header, MSG_MORE) + SEND_ZC fixed (payload) per pair.
+    Linked,
+    /// (e) per-iovec: headers COPY, payloads FIXED over four buffers.
+    IovMixed,
+    /// (e') per-iovec: headers COPY, payloads FIXED in one buffer.
+    IovMixedOneBuf,
+    /// (f) per-iovec, every iovec COPY.
+    IovAllCopy,
+    /// (f) per-iovec, every iovec FIXED in one buffer.
+    IovAllFixed,
+}
+
+const MODES: [Mode; 8] = [
+    Mode::SendMsg,
+    Mode::ZcUser,
+    Mode::ZcFixedOne,
+    Mode::Linked,
+    Mode::IovMixed,
+    Mode::IovMixedOneBuf,
+    Mode::IovAllCopy,
+    Mode::IovAllFixed,
+];
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::SendMsg => "a_sendmsg",
+            Mode::ZcUser => "b_zc_user",
+            Mode::ZcFixedOne => "c_zc_fixed1",
+            Mode::Linked => "d_linked",
+            Mode::IovMixed => "e_iov_mixed4",
+            Mode::IovMixedOneBuf => "e_iov_mixed1",
+            Mode::IovAllCopy => "f_iov_copy",
+            Mode::IovAllFixed => "f_iov_fixed1",
+        }
+    }
+
+    fn zero_copy(self) -> bool {
+        !matches!(self, Mode::SendMsg | Mode::IovAllCopy)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    UdpDummy,
+    Tcp,
+}
+
+/// The iovecs of one request of `batch` pairs for `mode`.
+fn segments(mode: Mode, payload: usize, batch: usize) -> Vec<Seg> {
+    let mut segs = Vec::with_capacity(batch * 2);
+    for i in 0..batch {
+        let one_buf_off = i * payload;
+        let (buf, off) = match mode {
+            Mode::IovMixed => ((i % BUFFERS) as u16, (i / BUFFERS) * payload),
+            _ => (0, one_buf_off),
+        };
+        let header_fixed = Seg::Fixed {
+            buf: 0,
+            off: PAYLOAD_AREA + i * HEADER,
+            len: HEADER,
+        };
+        let header = match mode {
+            Mode::ZcFixedOne | Mode::IovAllFixed => header_fixed,
+            Mode::ZcUser => Seg::User(vec![i as u8; HEADER]),
+            _ => Seg::Copy(vec![i as u8; HEADER]),
+        };
+        segs.push(header);
+        if payload == 0 {
+            continue;
+        }
+        segs.push(match mode {
+            Mode::SendMsg | Mode::IovAllCopy => Seg::Copy(vec![7; payload]),
+            Mode::ZcUser => Seg::User(vec![7; payload]),
+            _ => Seg::Fixed {
+                buf,
+                off,
+                len: payload,
+            },
+        });
+    }
+    segs
+}
+
+/// The SQEs of one request; `id` goes into the upper bits of user_data.
+fn entries(mode: Mode, req: &Request, fd: i32, id: u64) -> Vec<squeue::Entry> {
+    let ud = id << 16;
+    match mode {
+        Mode::SendMsg => vec![opcode::SendMsg::new(types::Fd(fd), req.msghdr())
+            .flags(libc::MSG_WAITALL as u32)
+            .build()
+            .user_data(ud)],
+        Mode::ZcUser | Mode::ZcFixedOne => {
+            let mut sqe = SendSqe::sendmsg_zc(fd, req.msghdr());
+            sqe.ioprio = sys::IORING_SEND_ZC_REPORT_USAGE;
+            if mode == Mode::ZcFixedOne {
+                sqe.ioprio |= sys::IORING_RECVSEND_FIXED_BUF;
+                sqe.buf_index = 0;
+            }
+            sqe.msg_flags = libc::MSG_WAITALL as u32;
+            vec![sqe.user_data(ud).into_entry()]
+        }
+        Mode::Linked => {
+            let n = req.iov.len();
+            req.iov
+                .iter()
+                .zip(&req.segs)
+                .enumerate()
+                .map(|(i, (iov, seg))| {
+                    let last = i + 1 == n;
+                    let e = match seg {
+                        Seg::Fixed { buf, .. } => opcode::SendZc::new(
+                            types::Fd(fd),
+                            iov.iov_base as *const u8,
+                            iov.iov_len as u32,
+                        )
+                        .buf_index(Some(*buf))
+                        .flags(libc::MSG_WAITALL)
+                        .zc_flags(sys::IORING_SEND_ZC_REPORT_USAGE)
+                        .build(),
+                        _ => opcode::Send::new(
+                            types::Fd(fd),
+                            iov.iov_base as *const u8,
+                            iov.iov_len as u32,
+                        )
+                        .flags(libc::MSG_WAITALL | if last { 0 } else { libc::MSG_MORE })
+                        .build(),
+                    };
+                    let e = e.user_data(ud | i as u64);
+                    if last {
+                        e
+                    } else {
+                        e.flags(squeue::Flags::IO_LINK)
+                    }
+                })
+                .collect()
+        }
+        _ => {
+            let mut sqe = req.sqe(sendzc_iov_vm_tests::Op::SendMsgZc, fd);
+            sqe.ioprio |= sys::IORING_SEND_ZC_REPORT_USAGE;
+            sqe.msg_flags = libc::MSG_WAITALL as u32;
+            vec![sqe.user_data(ud).into_entry()]
+        }
+    }
+}
+
+/// One measured repetition.
+struct Sample {
+    requests: usize,
+    bytes: usize,
+    wall_ns: u64,
+    cpu_ns: u64,
+    /// Some(true): every notification reported zero-copy.
+    zero_copy: Option<bool>,
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Sends `count` requests, at most WINDOW in flight; each is done when all
+/// its CQEs (results, and notifications announced by F_MORE) are in.
+fn run(
+    ring: &mut Ring,
+    mode: Mode,
+    req: &Request,
+    fd: i32,
+    count: usize,
+) -> Result<Sample, String> {
+    let wall0 = clock_ns(libc::CLOCK_MONOTONIC);
+    let cpu0 = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
+    let per_request = entries(mode, req, fd, 0).len();
+    let mut pending: HashMap<u64, usize> = HashMap::new();
+    let (mut submitted, mut done) = (0usize, 0usize);
+    let (mut notifs, mut copied) = (0usize, 0usize);
+    while done < count {
+        while submitted < count && pending.len() < WINDOW {
+            let id = submitted as u64 + 1;
+            for e in entries(mode, req, fd, id) {
+                // SAFETY: `req` outlives every request; run() returns only
+                // once all of them are complete.
+                unsafe { ring.push(&e) }.map_err(|e| e.to_string())?;
+            }
+            pending.insert(id, per_request);
+            submitted += 1;
+        }
+        let cqes: Vec<Cqe> = ring
+            .reap_until(|c| !c.is_empty())
+            .map_err(|e| format!("{}: {e}", mode.label()))?;
+        for c in cqes {
+            let id = c.user_data >> 16;
+            if c.res < 0 && !c.is_notif() {
+                return Err(format!("{}: request failed: {c:?}", mode.label()));
+            }
+            if c.is_notif() {
+                notifs += 1;
+                if c.res as u32 & sys::IORING_NOTIF_USAGE_ZC_COPIED != 0 {
+                    copied += 1;
+                }
+            }
+            let left = pending.get_mut(&id).ok_or(format!("stray CQE {c:?}"))?;
+            *left = *left - 1 + usize::from(c.has_more());
+            if *left == 0 {
+                pending.remove(&id);
+                done += 1;
+            }
+        }
+    }
+    Ok(Sample {
+        requests: count,
+        bytes: count * req.len(),
+        wall_ns: clock_ns(libc::CLOCK_MONOTONIC) - wall0,
+        cpu_ns: clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) - cpu0,
+        zero_copy: (mode.zero_copy() && notifs > 0).then_some(copied == 0),
+    })
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// A private network namespace whose only device is a dummy one: UDP
+/// datagrams to 198.18.0.2 are freed there, zero-copy frags and all.
+fn udp_through_dummy() -> Result<std::net::UdpSocket, String> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+    ip(&["link", "add", "szbench0", "type", "dummy"])?;
+    ip(&["link", "set", "szbench0", "mtu", "65535", "up"])?;
+    ip(&["addr", "add", "198.18.0.1/24", "dev", "szbench0"])?;
+    let sock = std::net::UdpSocket::bind("198.18.0.1:0").map_err(|e| e.to_string())?;
+    sock.connect("198.18.0.2:9").map_err(|e| e.to_string())?;
+    Ok(sock)
+}
+
+fn shapes(transport: Transport, quick: bool) -> Vec<(usize, usize)> {
+    let payloads: &[usize] = &[0, 64, 1024, 4096, 16384, 65536, 512 * 1024];
+    let batches: &[usize] = if quick { &[1, 16] } else { &[1, 4, 16] };
+    let mut out = Vec::new();
+    for &batch in batches {
+        for &payload in payloads {
+            let bytes = batch * (HEADER + payload);
+            // UDP: one datagram, within MAX_SKB_FRAGS frags.
+            let fits = match transport {
+                Transport::UdpDummy => bytes <= 60000 && batch * (2 + payload / 4096) <= 16,
+                Transport::Tcp => true,
+            };
+            if fits {
+                out.push((payload, batch));
+            }
+        }
+    }
+    out
+}
+
+fn main() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: sendzc-bench OUT.csv udp-dummy|tcp=HOST:PORT [--quick]";
+    let (Some(out), Some(target)) = (args.first(), args.get(1)) else {
+        return Err(usage.into());
+    };
+    let quick = args.iter().any(|a| a == "--quick");
+    let reps = if quick { 3 } else { 5 };
+    let (transport, udp, tcp) = if target == "udp-dummy" {
+        (Transport::UdpDummy, Some(udp_through_dummy()?), None)
+    } else if let Some(addr) = target.strip_prefix("tcp=") {
+        let stream =
+            std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        (Transport::Tcp, None, Some(stream))
+    } else {
+        return Err(usage.into());
+    };
+    let fd = match (&udp, &tcp) {
+        (Some(s), _) => s.as_raw_fd(),
+        (_, Some(s)) => s.as_raw_fd(),
+        _ => unreachable!(),
+    };
+
+    let mut ring = Ring::new(256).map_err(|e| e.to_string())?;
+    let bufs: Vec<MmapBuf> = (0..BUFFERS)
+        .map(|_| MmapBuf::new(PAYLOAD_AREA + HEADER_AREA))
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| e.to_string())?;
+    let bufs = RegBufs::register_bufs(&ring, bufs).map_err(|e| e.to_string())?;
+    let mut csv = std::fs::File::create(out).map_err(|e| format!("{out}: {e}"))?;
+    writeln!(
+        csv,
+        "transport,mode,payload,batch,rep,requests,bytes,wall_ns,cpu_ns,zero_copy"
+    )
+    .map_err(|e| e.to_string())?;
+    let transport_name = match transport {
+        Transport::UdpDummy => "udp-dummy",
+        Transport::Tcp => "tcp-virtio",
+    };
+    for (payload, batch) in shapes(transport, quick) {
+        for mode in MODES {
+            let req = Request::new(segments(mode, payload, batch), &bufs);
+            // About 256 KiB per repetition, between 8 and 256 requests:
+            // every byte costs under TCG.
+            let count = (256 << 10) / req.len().max(1);
+            let count = count.clamp(8, 256);
+            run(&mut ring, mode, &req, fd, 4).map_err(|e| format!("warm-up: {e}"))?;
+            for rep in 0..reps {
+                let s = run(&mut ring, mode, &req, fd, count)?;
+                let zc = match s.zero_copy {
+                    Some(true) => "yes",
+                    Some(false) => "no",
+                    None => "n/a",
+                };
+                writeln!(
+                    csv,
+                    "{transport_name},{},{payload},{batch},{rep},{},{},{},{},{zc}",
+                    mode.label(),
+                    s.requests,
+                    s.bytes,
+                    s.wall_ns,
+                    s.cpu_ns
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            eprintln!(
+                "bench: {transport_name} {} payload {payload} x{batch} done",
+                mode.label()
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_millis(10));
+    Ok(())
+}

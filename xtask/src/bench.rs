@@ -1,0 +1,458 @@
+//! `cargo xtask bench`: the bench kernel (qemu/bench.config), the
+//! sendzc-bench binary in the guest, and the table, targets and plot.
+//!
+//! Transports: UDP through a dummy device in a private namespace, and TCP
+//! over virtio-net to a sink on the host's loopback (QEMU user networking),
+//! so that zero-copy is real on both (no local delivery). QEMU runs with
+//! `-icount shift=0`: guest clocks advance one nanosecond per guest
+//! instruction, so every time below counts guest instructions under TCG
+//! emulation, not host time.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::layout::{Layout, Profile};
+use crate::phase::Phases;
+use crate::vm::{Accel, Boot};
+use crate::{vm_test, Options};
+
+/// What every number is: said next to each of them.
+const UNIT_NOTE: &str =
+    "guest instructions under QEMU TCG -icount shift=0 (1 ns = 1 instruction), not host time";
+
+/// Accepts connections on 127.0.0.1 and discards what they send.
+fn start_sink() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = vec![0u8; 1 << 20];
+                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    Ok(port)
+}
+
+fn build_bench(layout: &Layout) -> Result<std::path::PathBuf> {
+    let sh = Shell::new()?;
+    let _cd = sh.push_dir(&layout.root);
+    cmd!(
+        sh,
+        "cargo build --release --quiet -p sendzc-iov-vm-tests --bin sendzc-bench"
+    )
+    .run()?;
+    Ok(layout.root.join("target/release/sendzc-bench"))
+}
+
+/// One CSV row of sendzc-bench.
+#[derive(Debug, Clone)]
+struct Row {
+    transport: String,
+    mode: String,
+    payload: usize,
+    batch: usize,
+    requests: f64,
+    bytes: f64,
+    wall_ns: f64,
+    cpu_ns: f64,
+    zero_copy: String,
+}
+
+fn parse_rows(csv: &str) -> Result<Vec<Row>> {
+    csv.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            if f.len() != 10 {
+                bail!("bad CSV row: {line}");
+            }
+            Ok(Row {
+                transport: f[0].into(),
+                mode: f[1].into(),
+                payload: f[2].parse()?,
+                batch: f[3].parse()?,
+                requests: f[5].parse()?,
+                bytes: f[6].parse()?,
+                wall_ns: f[7].parse()?,
+                cpu_ns: f[8].parse()?,
+                zero_copy: f[9].into(),
+            })
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Medians and spread of one cell over its repetitions.
+#[derive(Debug, Clone)]
+struct Cell {
+    msgs_per_s: f64,
+    gb_per_s: f64,
+    cpu_per_msg: f64,
+    cpu_per_byte: f64,
+    /// (max - min) / median of cpu_per_byte, in percent.
+    spread_pct: f64,
+    zero_copy: String,
+}
+
+type Key = (String, usize, usize, String);
+
+fn cells(rows: &[Row]) -> BTreeMap<Key, Cell> {
+    let mut groups: BTreeMap<Key, Vec<&Row>> = BTreeMap::new();
+    for r in rows {
+        groups
+            .entry((r.transport.clone(), r.batch, r.payload, r.mode.clone()))
+            .or_default()
+            .push(r);
+    }
+    groups
+        .into_iter()
+        .map(|(key, reps)| {
+            let msgs = |r: &Row| r.requests * key.1 as f64;
+            let per_byte: Vec<f64> = reps.iter().map(|r| r.cpu_ns / r.bytes).collect();
+            let lo = per_byte.iter().cloned().fold(f64::INFINITY, f64::min);
+            let hi = per_byte.iter().cloned().fold(0.0, f64::max);
+            let mid = median(per_byte.clone());
+            let cell = Cell {
+                msgs_per_s: median(reps.iter().map(|r| msgs(r) / (r.wall_ns / 1e9)).collect()),
+                gb_per_s: median(reps.iter().map(|r| r.bytes / r.wall_ns).collect()),
+                cpu_per_msg: median(reps.iter().map(|r| r.cpu_ns / msgs(r)).collect()),
+                cpu_per_byte: mid,
+                spread_pct: if mid > 0.0 {
+                    (hi - lo) / mid * 100.0
+                } else {
+                    0.0
+                },
+                zero_copy: reps[0].zero_copy.clone(),
+            };
+            (key, cell)
+        })
+        .collect()
+}
+
+fn table(cells: &BTreeMap<Key, Cell>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "All times: {UNIT_NOTE}.\n");
+    let _ = writeln!(
+        out,
+        "| transport | pairs | payload | mode | msgs/s | GB/s | cpu ns/msg | cpu ns/byte | spread | vs a | vs c | zero-copy |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for ((t, batch, payload, mode), c) in cells {
+        let base = |m: &str| {
+            cells
+                .get(&(t.clone(), *batch, *payload, m.to_string()))
+                .map(|b| b.cpu_per_byte)
+        };
+        let ratio = |b: Option<f64>| b.map_or("-".into(), |b| format!("{:.2}", c.cpu_per_byte / b));
+        let _ = writeln!(
+            out,
+            "| {t} | {batch} | {payload} | {mode} | {:.0} | {:.3} | {:.0} | {:.2} | {:.0}% | {} | {} | {} |",
+            c.msgs_per_s,
+            c.gb_per_s,
+            c.cpu_per_msg,
+            c.cpu_per_byte,
+            c.spread_pct,
+            ratio(base("a_sendmsg")),
+            ratio(base("c_zc_fixed1")),
+            c.zero_copy
+        );
+    }
+    out
+}
+
+/// The targets of issue 6, each with its measured value.
+fn targets(cells: &BTreeMap<Key, Cell>) -> String {
+    let get = |t: &str, batch: usize, payload: usize, mode: &str| {
+        cells.get(&(t.to_string(), batch, payload, mode.to_string()))
+    };
+    let mut out = String::from("Targets (cpu = sender thread, counted in guest instructions):\n");
+    let mut line = |name: &str, verdict: Option<(bool, String)>| {
+        let _ = match verdict {
+            Some((ok, detail)) => writeln!(
+                out,
+                "- {name}: {} ({detail})",
+                if ok { "met" } else { "MISSED" }
+            ),
+            None => writeln!(out, "- {name}: not measured (cell missing)"),
+        };
+    };
+    let t1 = (|| {
+        let (e, a, c) = (
+            get("tcp-virtio", 1, 65536, "e_iov_mixed4")?,
+            get("tcp-virtio", 1, 65536, "a_sendmsg")?,
+            get("tcp-virtio", 1, 65536, "c_zc_fixed1")?,
+        );
+        let (ra, rc) = (
+            e.cpu_per_byte / a.cpu_per_byte,
+            e.cpu_per_byte / c.cpu_per_byte,
+        );
+        Some((
+            ra <= 0.5 && rc <= 1.03,
+            format!("e/a = {ra:.2} (target <= 0.50), e/c = {rc:.2} (target <= 1.03)"),
+        ))
+    })();
+    line(
+        "24 B + 64 KB TCP: (e) <= half of (a) per byte, <= (c) + 3%",
+        t1,
+    );
+    let t2 = (|| {
+        let (f, a, b) = (
+            get("tcp-virtio", 1, 0, "f_iov_copy")?,
+            get("tcp-virtio", 1, 0, "a_sendmsg")?,
+            get("tcp-virtio", 1, 0, "b_zc_user")?,
+        );
+        let (rf, rb) = (f.cpu_per_msg / a.cpu_per_msg, b.cpu_per_msg / a.cpu_per_msg);
+        Some((
+            (rf - 1.0).abs() <= 0.05,
+            format!("f/a = {rf:.3} (target within 5%), b/a = {rb:.2}"),
+        ))
+    })();
+    line(
+        "24 B header only: (f, all COPY) within 5% of (a); (b) worse",
+        t2,
+    );
+    let t3 = (|| {
+        let (e, d) = (
+            get("tcp-virtio", 16, 4096, "e_iov_mixed4")?,
+            get("tcp-virtio", 16, 4096, "d_linked")?,
+        );
+        let r = e.msgs_per_s / d.msgs_per_s;
+        Some((r >= 3.0, format!("msgs/s e/d = {r:.2} (target >= 3)")))
+    })();
+    line(
+        "16 x (24 B + 4 KB) per request: (e) >= 3x the msgs/s of (d)",
+        t3,
+    );
+    let t4 = (|| {
+        let (e4, e1) = (
+            get("tcp-virtio", 16, 65536, "e_iov_mixed4")?,
+            get("tcp-virtio", 16, 65536, "e_iov_mixed1")?,
+        );
+        let r = e4.cpu_per_byte / e1.cpu_per_byte;
+        Some((
+            (r - 1.0).abs() <= 0.05,
+            format!("4 buffers / 1 buffer = {r:.3} (target within 5%)"),
+        ))
+    })();
+    line(
+        "payloads over 4 buffers within 5% of one buffer (16 x 64 KB)",
+        t4,
+    );
+    out
+}
+
+/// CPU per byte against payload size, one line per mode (TCP, one pair).
+fn plot(cells: &BTreeMap<Key, Cell>) -> String {
+    let modes: Vec<String> = {
+        let mut m: Vec<String> = cells.keys().map(|k| k.3.clone()).collect();
+        m.dedup();
+        m.sort();
+        m.dedup();
+        m
+    };
+    let payloads = [64usize, 1024, 4096, 16384, 65536, 512 * 1024];
+    let points = |mode: &str| -> Vec<(f64, f64)> {
+        payloads
+            .iter()
+            .filter_map(|&p| {
+                let c = cells.get(&("tcp-virtio".to_string(), 1, p, mode.to_string()))?;
+                Some(((p as f64).log2(), c.cpu_per_byte.max(1e-3).log10()))
+            })
+            .collect()
+    };
+    let all: Vec<(f64, f64)> = modes.iter().flat_map(|m| points(m)).collect();
+    let (w, h, pad) = (760.0, 420.0, 60.0);
+    let (x0, x1) = (6.0, 19.0);
+    let y0 = all
+        .iter()
+        .map(|p| p.1)
+        .fold(f64::INFINITY, f64::min)
+        .floor();
+    let y1 = all
+        .iter()
+        .map(|p| p.1)
+        .fold(f64::NEG_INFINITY, f64::max)
+        .ceil()
+        .max(y0 + 1.0);
+    let sx = |x: f64| pad + (x - x0) / (x1 - x0) * (w - 2.0 * pad);
+    let sy = |y: f64| h - pad - (y - y0) / (y1 - y0) * (h - 2.0 * pad);
+    let colors = [
+        "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
+    ];
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n\
+         <rect width='100%' height='100%' fill='white'/>\n\
+         <text x='{pad}' y='20'>sender CPU per byte vs payload (TCP, 1 pair, log-log): {UNIT_NOTE}</text>\n"
+    );
+    for p in payloads {
+        let x = sx((p as f64).log2());
+        let _ = writeln!(
+            svg,
+            "<text x='{x}' y='{}' text-anchor='middle'>{p}</text>",
+            h - pad + 18.0
+        );
+    }
+    let mut y = y0;
+    while y <= y1 {
+        let _ = writeln!(
+            svg,
+            "<text x='{}' y='{}' text-anchor='end'>{}</text><line x1='{pad}' x2='{}' y1='{2}' y2='{2}' stroke='#ddd'/>",
+            pad - 6.0,
+            sy(y),
+            10f64.powf(y),
+            w - pad
+        );
+        y += 1.0;
+    }
+    for (i, mode) in modes.iter().enumerate() {
+        let pts = points(mode);
+        if pts.is_empty() {
+            continue;
+        }
+        let color = colors[i % colors.len()];
+        let path: Vec<String> = pts
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+            .collect();
+        let _ = writeln!(
+            svg,
+            "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
+            path.join(" ")
+        );
+        let _ = writeln!(
+            svg,
+            "<text x='{}' y='{}' fill='{color}'>{mode}</text>",
+            w - pad + 4.0 - 120.0,
+            40.0 + 14.0 * i as f64
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Writes results.csv, summary.md and cpu_per_byte.svg under target/bench.
+fn report(out: &Path, csvs: &[&str]) -> Result<String> {
+    let mut rows = Vec::new();
+    let mut merged =
+        String::from("transport,mode,payload,batch,rep,requests,bytes,wall_ns,cpu_ns,zero_copy\n");
+    for csv in csvs {
+        rows.extend(parse_rows(csv)?);
+        merged.extend(csv.lines().skip(1).map(|l| format!("{l}\n")));
+    }
+    if rows.is_empty() {
+        bail!("the benchmark produced no results");
+    }
+    let cells = cells(&rows);
+    let summary = format!("{}\n{}", table(&cells), targets(&cells));
+    fs::write(out.join("results.csv"), merged)?;
+    fs::write(out.join("summary.md"), &summary)?;
+    fs::write(out.join("cpu_per_byte.svg"), plot(&cells))?;
+    Ok(summary)
+}
+
+pub fn run(layout: &Layout, options: &Options, phases: &mut Phases, quick: bool) -> Result<()> {
+    let options = Options {
+        profile: Some(Profile::Bench),
+        kernel_src: options.kernel_src.clone(),
+        accel: options.accel,
+        timeout: options.timeout,
+        test_args: Vec::new(),
+    };
+    let kernel = vm_test::kernel(layout, &options, phases)?;
+    let bin = phases.run("bench build", || build_bench(layout))?;
+    let port = start_sink()?;
+    let out = layout.root.join("target/bench");
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out)?;
+    let flag = if quick { " --quick" } else { "" };
+    let (b, o) = (bin.display(), out.display());
+    let exec = format!(
+        "{b} {o}/udp.csv udp-dummy{flag} && {b} {o}/tcp.csv tcp=10.0.2.2:{port}{flag}; echo $? > {o}/status"
+    );
+    let outcome = phases.run("bench run", || {
+        Boot {
+            kernel: &kernel.bzimage,
+            accel: options.accel.unwrap_or(Accel::Tcg),
+            exec,
+            out_dir: &out,
+            console_log: out.join("console.log"),
+            timeout: options.timeout.unwrap_or(Duration::from_secs(5400)),
+            vng_args: vec![
+                "--network".into(),
+                "user".into(),
+                "--qemu-opts".into(),
+                "-icount shift=0".into(),
+            ],
+        }
+        .run(layout)
+    })?;
+    match outcome.status {
+        Some(0) => {}
+        Some(code) => bail!(
+            "sendzc-bench failed ({code}); see {}",
+            out.join("console.log").display()
+        ),
+        None => bail!(
+            "the bench guest did not finish; see {}",
+            out.join("console.log").display()
+        ),
+    }
+    let udp = fs::read_to_string(out.join("udp.csv")).context("udp.csv")?;
+    let tcp = fs::read_to_string(out.join("tcp.csv")).context("tcp.csv")?;
+    let summary = report(&out, &[&udp, &tcp])?;
+    println!("{summary}");
+    eprintln!(
+        "bench: results in {} (results.csv, summary.md, cpu_per_byte.svg)",
+        out.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CSV: &str = "transport,mode,payload,batch,rep,requests,bytes,wall_ns,cpu_ns,zero_copy\n\
+        tcp-virtio,a_sendmsg,65536,1,0,10,655600,1000,2000,n/a\n\
+        tcp-virtio,a_sendmsg,65536,1,1,10,655600,1000,2200,n/a\n\
+        tcp-virtio,e_iov_mixed4,65536,1,0,10,655600,1000,900,yes\n\
+        tcp-virtio,c_zc_fixed1,65536,1,0,10,655600,1000,890,yes\n";
+
+    #[test]
+    fn medians_ratios_and_targets() {
+        let cells = cells(&parse_rows(CSV).unwrap());
+        let a = &cells[&("tcp-virtio".into(), 1, 65536, "a_sendmsg".into())];
+        assert!(
+            (a.cpu_per_byte - 2200.0 / 655600.0).abs() < 1e-12,
+            "median of two is the upper"
+        );
+        let t = targets(&cells);
+        assert!(
+            t.contains("24 B + 64 KB TCP: (e) <= half of (a) per byte, <= (c) + 3%: met"),
+            "{t}"
+        );
+        assert!(t.contains("not measured"), "{t}");
+        assert!(table(&cells).contains("| tcp-virtio | 1 | 65536 | e_iov_mixed4 |"));
+    }
+
+    #[test]
+    fn rejects_bad_rows() {
+        assert!(parse_rows("h\n1,2,3\n").is_err());
+    }
+}
