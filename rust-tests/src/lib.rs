@@ -15,6 +15,17 @@ pub use net::{CSockAddr, Family, Peer, TcpPair, Transport, UdpPair};
 pub use request::{MmapBuf, Op, RegBufs, Request, Seg};
 pub use ring::{zc_completion, Cqe, Ring, Setup, ZcCompletion};
 
+/// Fails the calling test (never skips it) on a kernel without the
+/// per-iovec feature: the tests that need it run on the kernel that
+/// `cargo xtask vm-test` builds.
+pub fn require_feature() {
+    assert!(
+        sendzc_iov::probe::has_iov_attr().expect("io_uring_setup"),
+        "the kernel does not advertise IORING_FEAT_SEND_ZC_IOV_ATTR: \
+         these tests need the kernel built by `cargo xtask vm-test`"
+    );
+}
+
 /// How long any single wait (CQEs, received bytes) may take.
 pub const CQE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -74,30 +74,26 @@ impl UdpPair {
 
     /// True if a datagram is waiting.
     pub fn pending(&self) -> io::Result<bool> {
-        let mut byte = [0u8; 1];
-        self.rx.set_nonblocking(true)?;
-        let peeked = self.rx.peek(&mut byte);
-        self.rx.set_nonblocking(false)?;
-        match peeked {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(e),
-        }
+        pending(&self.rx)
     }
 }
 
 impl TcpPair {
     /// True if bytes are waiting on `rx`.
     pub fn pending(&self) -> io::Result<bool> {
-        let mut byte = [0u8; 1];
-        self.rx.set_nonblocking(true)?;
-        let peeked = self.rx.peek(&mut byte);
-        self.rx.set_nonblocking(false)?;
-        match peeked {
-            Ok(n) => Ok(n > 0),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(e),
-        }
+        pending(&self.rx)
+    }
+}
+
+/// True if `sock` has something to read, without waiting or consuming it.
+fn pending(sock: &impl std::os::fd::AsFd) -> io::Result<bool> {
+    use nix::sys::socket::{recv, MsgFlags};
+    let mut byte = [0u8; 1];
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock.as_fd());
+    match recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+        Ok(n) => Ok(n > 0),
+        Err(nix::errno::Errno::EAGAIN) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -6,19 +6,12 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 
 use rstest::rstest;
-use sendzc_iov::probe;
 use sendzc_iov::sys::{IORING_NOTIF_USAGE_ZC_COPIED, IORING_SEND_ZC_REPORT_USAGE};
 use sendzc_iov_vm_tests::net::{Peer, UdpPair};
 use sendzc_iov_vm_tests::{
-    pattern, zc_completion, Cqe, Family, Op, RegBufs, Request, Ring, Seg, Transport,
+    pattern, require_feature, zc_completion, Cqe, Family, Op, RegBufs, Request, Ring, Seg,
+    Transport,
 };
-
-fn require_feature() {
-    assert!(
-        probe::has_iov_attr().expect("io_uring_setup"),
-        "the kernel does not advertise IORING_FEAT_SEND_ZC_IOV_ATTR"
-    );
-}
 
 const BUF_SIZES: [usize; 3] = [256 * 1024, 128 * 1024, 32 * 1024];
 

@@ -8,21 +8,14 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sendzc_iov::probe;
 use sendzc_iov_vm_tests::net::Peer;
 use sendzc_iov_vm_tests::{
-    pattern, zc_completion, Family, MmapBuf, Op, RegBufs, Request, Ring, Seg, Transport,
+    pattern, require_feature, zc_completion, Family, MmapBuf, Op, RegBufs, Request, Ring, Seg,
+    Transport,
 };
 
 /// These tests read system-wide counters: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn require_feature() {
-    assert!(
-        probe::has_iov_attr().expect("io_uring_setup"),
-        "the kernel does not advertise IORING_FEAT_SEND_ZC_IOV_ATTR"
-    );
-}
 
 /// Tries F_SEAL_WRITE on `memfd` until it succeeds or `within` has passed.
 fn seal_write(memfd: &OwnedFd, within: Duration) -> std::io::Result<()> {

@@ -11,17 +11,9 @@ use sendzc_iov::sys::{self, io_uring_zc_iov_attr};
 use sendzc_iov::{probe, sqe::SendSqe};
 use sendzc_iov_vm_tests::net::Peer;
 use sendzc_iov_vm_tests::{
-    pattern, zc_completion, Family, Op, RegBufs, Request, Ring, Seg, Transport, ZcCompletion,
+    pattern, require_feature, zc_completion, Family, Op, RegBufs, Request, Ring, Seg, Transport,
+    ZcCompletion,
 };
-
-/// Fails the test (never skips it) on a kernel without the feature.
-fn require_feature() {
-    assert!(
-        probe::has_iov_attr().expect("io_uring_setup"),
-        "the kernel does not advertise IORING_FEAT_SEND_ZC_IOV_ATTR: \
-         these tests need the kernel built by `cargo xtask vm-test`"
-    );
-}
 
 #[test]
 fn feature_bit_matches_the_series() {

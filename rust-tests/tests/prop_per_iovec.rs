@@ -24,25 +24,18 @@ use std::cell::RefCell;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
-use sendzc_iov::probe;
 use sendzc_iov::sys::{IORING_RECVSEND_POLL_FIRST, IORING_ZC_IOV_FIXED};
 
 /// sqe->flags: issue from an io-wq worker.
 const IOSQE_ASYNC: u8 = 1 << 4;
 use sendzc_iov_vm_tests::net::Peer;
 use sendzc_iov_vm_tests::{
-    pattern, zc_completion, Family, Op, RegBufs, Request, Ring, Seg, Setup, Transport,
+    pattern, require_feature, zc_completion, Family, Op, RegBufs, Request, Ring, Seg, Setup,
+    Transport,
 };
 
 /// Four buffers of different sizes, so that indices and ranges matter.
 const BUF_SIZES: [usize; 4] = [1 << 20, 600 * 1024, 64 * 1024, 8 * 1024 + 17];
-
-fn require_feature() {
-    assert!(
-        probe::has_iov_attr().expect("io_uring_setup"),
-        "the kernel does not advertise IORING_FEAT_SEND_ZC_IOV_ATTR"
-    );
-}
 
 fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES")
