@@ -176,84 +176,109 @@ fn table(cells: &BTreeMap<Key, Cell>) -> String {
     out
 }
 
-/// The targets of issue 6, each with its measured value.
+/// The targets of issue 6, each with its measured value. A target about
+/// zero-copy is only judged where REPORT_USAGE confirmed zero-copy for (c)
+/// on that transport; each is also computed on the UDP-through-dummy path,
+/// where zero-copy is real, at the nearest shape that fits one datagram.
 fn targets(cells: &BTreeMap<Key, Cell>) -> String {
     let get = |t: &str, batch: usize, payload: usize, mode: &str| {
         cells.get(&(t.to_string(), batch, payload, mode.to_string()))
     };
-    let mut out = String::from("Targets (cpu = sender thread, counted in guest instructions):\n");
-    let mut line = |name: &str, verdict: Option<(bool, String)>| {
+    let zc_real = |t: &str, batch: usize, payload: usize| {
+        get(t, batch, payload, "c_zc_fixed1").is_some_and(|c| c.zero_copy == "yes")
+    };
+    let mut out =
+        String::from("Targets (cpu = sender thread, counted in guest instructions under TCG):\n");
+    let mut line = |name: String, verdict: Option<(bool, String)>, zc: bool| {
         let _ = match verdict {
-            Some((ok, detail)) => writeln!(
+            Some((_, detail)) if !zc => writeln!(
                 out,
-                "- {name}: {} ({detail})",
-                if ok { "met" } else { "MISSED" }
+                "- {name}: not judged, zero-copy not confirmed on this path ({detail})"
             ),
+            Some((ok, detail)) => {
+                writeln!(
+                    out,
+                    "- {name}: {} ({detail})",
+                    if ok { "met" } else { "MISSED" }
+                )
+            }
             None => writeln!(out, "- {name}: not measured (cell missing)"),
         };
     };
-    let t1 = (|| {
-        let (e, a, c) = (
-            get("tcp-virtio", 1, 65536, "e_iov_mixed4")?,
-            get("tcp-virtio", 1, 65536, "a_sendmsg")?,
-            get("tcp-virtio", 1, 65536, "c_zc_fixed1")?,
+    for (t, payload) in [("tcp-virtio", 65536), ("udp-dummy", 16384)] {
+        let v = (|| {
+            let (e, a, c) = (
+                get(t, 1, payload, "e_iov_mixed4")?,
+                get(t, 1, payload, "a_sendmsg")?,
+                get(t, 1, payload, "c_zc_fixed1")?,
+            );
+            let (ra, rc) = (
+                e.cpu_per_byte / a.cpu_per_byte,
+                e.cpu_per_byte / c.cpu_per_byte,
+            );
+            Some((
+                ra <= 0.5 && rc <= 1.03,
+                format!("e/a = {ra:.2} (<= 0.50), e/c = {rc:.2} (<= 1.03)"),
+            ))
+        })();
+        line(
+            format!("{t} 24 B + {payload} B: (e) <= half of (a) per byte, <= (c) + 3%"),
+            v,
+            zc_real(t, 1, payload),
         );
-        let (ra, rc) = (
-            e.cpu_per_byte / a.cpu_per_byte,
-            e.cpu_per_byte / c.cpu_per_byte,
+    }
+    for t in ["tcp-virtio", "udp-dummy"] {
+        let v = (|| {
+            let (f, a, b) = (
+                get(t, 1, 0, "f_iov_copy")?,
+                get(t, 1, 0, "a_sendmsg")?,
+                get(t, 1, 0, "b_zc_user")?,
+            );
+            let (rf, rb) = (f.cpu_per_msg / a.cpu_per_msg, b.cpu_per_msg / a.cpu_per_msg);
+            Some((
+                (rf - 1.0).abs() <= 0.05,
+                format!("f/a = {rf:.2} (within 5%), b/a = {rb:.2}"),
+            ))
+        })();
+        line(
+            format!("{t} 24 B header only: (f, all COPY) within 5% of (a); (b) worse"),
+            v,
+            true,
         );
-        Some((
-            ra <= 0.5 && rc <= 1.03,
-            format!("e/a = {ra:.2} (target <= 0.50), e/c = {rc:.2} (target <= 1.03)"),
-        ))
-    })();
-    line(
-        "24 B + 64 KB TCP: (e) <= half of (a) per byte, <= (c) + 3%",
-        t1,
-    );
-    let t2 = (|| {
-        let (f, a, b) = (
-            get("tcp-virtio", 1, 0, "f_iov_copy")?,
-            get("tcp-virtio", 1, 0, "a_sendmsg")?,
-            get("tcp-virtio", 1, 0, "b_zc_user")?,
+    }
+    for (t, batch) in [("tcp-virtio", 16), ("udp-dummy", 4)] {
+        let v = (|| {
+            let (e, d) = (
+                get(t, batch, 4096, "e_iov_mixed4")?,
+                get(t, batch, 4096, "d_linked")?,
+            );
+            let r = e.msgs_per_s / d.msgs_per_s;
+            Some((r >= 3.0, format!("msgs/s e/d = {r:.2} (>= 3)")))
+        })();
+        line(
+            format!("{t} {batch} x (24 B + 4 KB) per request: (e) >= 3x the msgs/s of (d)"),
+            v,
+            zc_real(t, batch, 4096),
         );
-        let (rf, rb) = (f.cpu_per_msg / a.cpu_per_msg, b.cpu_per_msg / a.cpu_per_msg);
-        Some((
-            (rf - 1.0).abs() <= 0.05,
-            format!("f/a = {rf:.3} (target within 5%), b/a = {rb:.2}"),
-        ))
-    })();
-    line(
-        "24 B header only: (f, all COPY) within 5% of (a); (b) worse",
-        t2,
-    );
-    let t3 = (|| {
-        let (e, d) = (
-            get("tcp-virtio", 16, 4096, "e_iov_mixed4")?,
-            get("tcp-virtio", 16, 4096, "d_linked")?,
+    }
+    for (t, batch, payload) in [("tcp-virtio", 16, 65536), ("udp-dummy", 4, 4096)] {
+        let v = (|| {
+            let (e4, e1) = (
+                get(t, batch, payload, "e_iov_mixed4")?,
+                get(t, batch, payload, "e_iov_mixed1")?,
+            );
+            let r = e4.cpu_per_byte / e1.cpu_per_byte;
+            Some((
+                (r - 1.0).abs() <= 0.05,
+                format!("4 buffers / 1 buffer = {r:.3} (within 5%)"),
+            ))
+        })();
+        line(
+            format!("{t} {batch} x {payload} B over 4 buffers within 5% of one buffer"),
+            v,
+            zc_real(t, batch, payload),
         );
-        let r = e.msgs_per_s / d.msgs_per_s;
-        Some((r >= 3.0, format!("msgs/s e/d = {r:.2} (target >= 3)")))
-    })();
-    line(
-        "16 x (24 B + 4 KB) per request: (e) >= 3x the msgs/s of (d)",
-        t3,
-    );
-    let t4 = (|| {
-        let (e4, e1) = (
-            get("tcp-virtio", 16, 65536, "e_iov_mixed4")?,
-            get("tcp-virtio", 16, 65536, "e_iov_mixed1")?,
-        );
-        let r = e4.cpu_per_byte / e1.cpu_per_byte;
-        Some((
-            (r - 1.0).abs() <= 0.05,
-            format!("4 buffers / 1 buffer = {r:.3} (target within 5%)"),
-        ))
-    })();
-    line(
-        "payloads over 4 buffers within 5% of one buffer (16 x 64 KB)",
-        t4,
-    );
+    }
     out
 }
 
@@ -444,7 +469,7 @@ mod tests {
         );
         let t = targets(&cells);
         assert!(
-            t.contains("24 B + 64 KB TCP: (e) <= half of (a) per byte, <= (c) + 3%: met"),
+            t.contains("tcp-virtio 24 B + 65536 B: (e) <= half of (a) per byte, <= (c) + 3%: met"),
             "{t}"
         );
         assert!(t.contains("not measured"), "{t}");
