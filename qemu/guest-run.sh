@@ -15,6 +15,8 @@ echo "sendzc-guest: started on Linux $(uname -r), $(nproc) CPUs," \
 	"$(sed -n 's/^MemTotal: *//p' /proc/meminfo)"
 mount -t debugfs none /sys/kernel/debug 2>/dev/null
 ulimit -l unlimited
+# 2 MiB huge pages for the tests' hugetlb-backed registered buffers.
+echo 16 > /proc/sys/vm/nr_hugepages
 
 while IFS= read -r kv; do
 	[ -n "$kv" ] && export "$kv"

@@ -41,6 +41,29 @@ impl MmapBuf {
         })
     }
 
+    /// Anonymous memory backed by 2 MiB huge pages (the guest reserves
+    /// some, see qemu/guest-run.sh): registered, it has a large folio_shift.
+    pub fn hugetlb(len: usize) -> io::Result<MmapBuf> {
+        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(MmapBuf {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
     /// A shared mapping of a new sealable memfd, and the memfd: a test can
     /// tell from `F_SEAL_WRITE` whether anything still holds its pages.
     pub fn memfd(len: usize) -> io::Result<(MmapBuf, OwnedFd)> {

@@ -3,7 +3,7 @@
 //! Each case is a whole request: up to 32 iovecs (shrinking toward few),
 //! lengths from 0 and 1 byte up to 512 KiB, unaligned and page-crossing
 //! offsets, each iovec COPY, USER or FIXED from one of four registered
-//! buffers of different sizes, sent with SENDMSG_ZC or vectorized SEND_ZC,
+//! buffers of different sizes (hugetlb-, memfd- and anonymous-backed), sent with SENDMSG_ZC or vectorized SEND_ZC,
 //! over IPv4 or IPv6, on a default, DEFER_TASKRUN or SQPOLL ring, issued
 //! inline, with IOSQE_ASYNC or with POLL_FIRST. Properties:
 //!
@@ -30,12 +30,27 @@ use sendzc_iov::sys::{IORING_RECVSEND_POLL_FIRST, IORING_ZC_IOV_FIXED};
 const IOSQE_ASYNC: u8 = 1 << 4;
 use sendzc_iov_vm_tests::net::Peer;
 use sendzc_iov_vm_tests::{
-    pattern, require_feature, zc_completion, Family, Op, RegBufs, Request, Ring, Seg, Setup,
-    Transport,
+    pattern, require_feature, zc_completion, Family, MmapBuf, Op, RegBufs, Request, Ring, Seg,
+    Setup, Transport,
 };
 
-/// Four buffers of different sizes, so that indices and ranges matter.
-const BUF_SIZES: [usize; 4] = [1 << 20, 600 * 1024, 64 * 1024, 8 * 1024 + 17];
+/// Four buffers of different sizes, so that indices and ranges matter:
+/// 0 on 2 MiB huge pages, 1 a memfd mapping, 2 and 3 anonymous memory.
+const BUF_SIZES: [usize; 4] = [2 << 20, 600 * 1024, 64 * 1024, 8 * 1024 + 17];
+
+/// The buffers of one ring, backed as BUF_SIZES says.
+fn buffers(ring: &Ring) -> RegBufs {
+    let huge =
+        MmapBuf::hugetlb(BUF_SIZES[0]).expect("MAP_HUGETLB (guest-run.sh reserves huge pages)");
+    let (memfd, _fd) = MmapBuf::memfd(BUF_SIZES[1]).unwrap();
+    let bufs = vec![
+        huge,
+        memfd,
+        MmapBuf::new(BUF_SIZES[2]).unwrap(),
+        MmapBuf::new(BUF_SIZES[3]).unwrap(),
+    ];
+    RegBufs::register_bufs(ring, bufs).unwrap()
+}
 
 fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES")
@@ -158,7 +173,7 @@ impl Fixture {
             .into_iter()
             .map(|setup| {
                 let ring = Ring::with_setup(64, setup).unwrap();
-                let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+                let bufs = buffers(&ring);
                 (setup, ring, bufs)
             })
             .collect();
