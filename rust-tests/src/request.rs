@@ -21,36 +21,23 @@ pub struct MmapBuf {
 
 impl MmapBuf {
     pub fn new(len: usize) -> io::Result<MmapBuf> {
-        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(MmapBuf {
-            ptr: ptr.cast(),
-            len,
-        })
+        MmapBuf::anonymous(len, 0)
     }
 
     /// Anonymous memory backed by 2 MiB huge pages (the guest reserves
     /// some, see qemu/guest-run.sh): registered, it has a large folio_shift.
     pub fn hugetlb(len: usize) -> io::Result<MmapBuf> {
+        MmapBuf::anonymous(len, libc::MAP_HUGETLB)
+    }
+
+    fn anonymous(len: usize, flags: libc::c_int) -> io::Result<MmapBuf> {
         // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
                 -1,
                 0,
             )

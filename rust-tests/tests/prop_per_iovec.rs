@@ -312,37 +312,52 @@ fn udp() -> BoxedStrategy<Transport> {
     prop_oneof![Just(Transport::UdpConnected), Just(Transport::UdpTo)].boxed()
 }
 
+/// Checks `cases` generated cases of properties 1-3 (3 if `overwrite`)
+/// against peers of `transports`.
+fn check_property(
+    transports: &[Transport],
+    strategy: impl Strategy<Value = Case>,
+    cases: u32,
+    overwrite: bool,
+) {
+    require_feature();
+    let fx = RefCell::new(Fixture::new(transports));
+    runner(cases)
+        .run(&strategy, |c| {
+            check_request(&mut fx.borrow_mut(), c, overwrite)
+        })
+        .unwrap();
+}
+
 #[test]
 fn tcp_requests_arrive_whole_and_in_order() {
-    require_feature();
-    let fx = RefCell::new(Fixture::new(&[Transport::Tcp]));
     let strategy =
         case(tcp(), segments(Transport::Tcp)).prop_filter("COPY cap", |c| within_copy_cap(&c.segs));
-    runner(400)
-        .run(&strategy, |c| check_request(&mut fx.borrow_mut(), c, false))
-        .unwrap();
+    check_property(&[Transport::Tcp], strategy, 400, false);
 }
 
 #[test]
 fn udp_requests_are_one_datagram_each() {
-    require_feature();
-    let fx = RefCell::new(Fixture::new(&[Transport::UdpConnected, Transport::UdpTo]));
     let strategy = case(udp(), segments(Transport::UdpConnected));
-    runner(1000)
-        .run(&strategy, |c| check_request(&mut fx.borrow_mut(), c, false))
-        .unwrap();
+    check_property(
+        &[Transport::UdpConnected, Transport::UdpTo],
+        strategy,
+        1000,
+        false,
+    );
 }
 
 #[test]
 fn copy_memory_is_reusable_at_the_result() {
-    require_feature();
-    let fx = RefCell::new(Fixture::new(&[Transport::Tcp, Transport::UdpConnected]));
     // Small enough to sit in the receiver's socket buffer unread.
     let transports = prop_oneof![Just(Transport::Tcp), Just(Transport::UdpConnected)].boxed();
     let strategy = case(transports, segments(Transport::UdpConnected));
-    runner(300)
-        .run(&strategy, |c| check_request(&mut fx.borrow_mut(), c, true))
-        .unwrap();
+    check_property(
+        &[Transport::Tcp, Transport::UdpConnected],
+        strategy,
+        300,
+        true,
+    );
 }
 
 /// Garbage in one attribute: a non-zero flags or resv byte, a mode past
