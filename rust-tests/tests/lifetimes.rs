@@ -153,3 +153,119 @@ fn closing_ring_and_socket_with_a_request_in_flight_releases_everything() {
         "TCP memory {now} pages, baseline {baseline}"
     );
 }
+
+/// Drops CAP_IPC_LOCK from the calling thread (capabilities are per
+/// thread), so that rings it creates account pinned memory against
+/// RLIMIT_MEMLOCK as they do for unprivileged users.
+fn drop_ipc_lock() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_IPC_LOCK: u32 = 14;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget writes two Data structs for version 3, which we pass.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut Header,
+            data.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0, "capget: {}", std::io::Error::last_os_error());
+    data[0].effective &= !(1 << CAP_IPC_LOCK);
+    data[0].permitted &= !(1 << CAP_IPC_LOCK);
+    // SAFETY: capset reads the header and two Data structs we pass.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
+}
+
+/// Many rounds of mixed requests, each holding 256 KiB of user pages until
+/// its notification, under a 2 MiB RLIMIT_MEMLOCK: if a round's pages were
+/// not unaccounted, the limit would be hit (-ENOMEM) within a few rounds.
+#[test]
+fn memlock_accounting_does_not_creep() {
+    require_feature();
+    let _serial = SERIAL.lock().unwrap();
+    std::thread::spawn(|| {
+        drop_ipc_lock();
+        let limit = libc::rlimit {
+            rlim_cur: 2 << 20,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) }, 0);
+        let mut ring = Ring::new(8).unwrap();
+        let bufs = RegBufs::register(&ring, &[64 * 1024]).unwrap();
+        let Peer::Tcp(mut pair) = Peer::new(Transport::Tcp, Family::V4).unwrap() else {
+            unreachable!()
+        };
+        // The limit is in force for this ring: 3 MiB of user pages at once
+        // is refused.
+        let big = Request::new(
+            vec![Seg::Copy(pattern(24, 1)), Seg::User(pattern(3 << 20, 2))],
+            &bufs,
+        );
+        let entry = big
+            .sqe(Op::SendMsgZc, pair.tx.as_raw_fd())
+            .user_data(999)
+            .into_entry();
+        // SAFETY: big outlives the reap below.
+        unsafe { ring.push(&entry) }.unwrap();
+        let cqes = ring.reap_zc(999).unwrap();
+        assert_eq!(
+            zc_completion(&cqes, 999).unwrap().result.res,
+            -libc::ENOMEM,
+            "{cqes:?}"
+        );
+        assert!(!pair.pending().unwrap());
+
+        for round in 0..200u64 {
+            let segs = vec![
+                Seg::Copy(pattern(24, round as u8)),
+                Seg::Fixed {
+                    buf: 0,
+                    off: 0,
+                    len: 4096,
+                },
+                Seg::User(pattern(256 * 1024, round as u8)),
+            ];
+            let req = Request::new(segs, &bufs);
+            let mut rx = pair.rx.try_clone().unwrap();
+            let len = req.len();
+            let reader = std::thread::spawn(move || {
+                let mut buf = vec![0; len];
+                std::io::Read::read_exact(&mut rx, &mut buf).map(|()| buf)
+            });
+            let mut sqe = req.sqe(Op::SendMsgZc, pair.tx.as_raw_fd());
+            sqe.msg_flags |= libc::MSG_WAITALL as u32;
+            let entry = sqe.user_data(round).into_entry();
+            // SAFETY: req outlives the reap below.
+            unsafe { ring.push(&entry) }.unwrap();
+            let cqes = ring.reap_zc(round).unwrap();
+            let done = zc_completion(&cqes, round).unwrap();
+            assert_eq!(done.result.res, len as i32, "round {round}: {cqes:?}");
+            assert_eq!(
+                reader.join().unwrap().unwrap(),
+                req.expected(),
+                "round {round}"
+            );
+        }
+        let _ = &mut pair;
+    })
+    .join()
+    .unwrap();
+}
