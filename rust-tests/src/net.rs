@@ -2,6 +2,7 @@
 
 use std::io::{self, Read};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::thread::JoinHandle;
 
 use crate::CQE_TIMEOUT;
 
@@ -41,6 +42,18 @@ impl TcpPair {
         let mut buf = vec![0; len];
         self.rx.read_exact(&mut buf)?;
         Ok(buf)
+    }
+
+    /// Reads exactly `len` bytes from `rx` in a thread of its own, for
+    /// sends that need the receiver to make room while the ring runs.
+    pub fn receive_in_background(&self, len: usize) -> JoinHandle<io::Result<Vec<u8>>> {
+        let rx = self.rx.try_clone();
+        std::thread::spawn(move || {
+            let mut rx = rx?;
+            let mut buf = vec![0; len];
+            rx.read_exact(&mut buf)?;
+            Ok(buf)
+        })
     }
 }
 

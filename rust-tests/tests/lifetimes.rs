@@ -83,12 +83,8 @@ fn pages_are_released_after_the_notification_and_unregister() {
         unreachable!()
     };
     let req = Request::new(mixed(MEMFD), &bufs);
-    let mut rx = pair.rx.try_clone().unwrap();
     let len = req.len();
-    let reader = std::thread::spawn(move || {
-        let mut buf = vec![0; len];
-        std::io::Read::read_exact(&mut rx, &mut buf).map(|()| buf)
-    });
+    let reader = pair.receive_in_background(len);
     let mut sqe = req.sqe(Op::SendMsgZc, pair.tx.as_raw_fd());
     sqe.msg_flags |= libc::MSG_WAITALL as u32;
     let entry = sqe.user_data(1).into_entry();
@@ -244,12 +240,8 @@ fn memlock_accounting_does_not_creep() {
                 Seg::User(pattern(256 * 1024, round as u8)),
             ];
             let req = Request::new(segs, &bufs);
-            let mut rx = pair.rx.try_clone().unwrap();
             let len = req.len();
-            let reader = std::thread::spawn(move || {
-                let mut buf = vec![0; len];
-                std::io::Read::read_exact(&mut rx, &mut buf).map(|()| buf)
-            });
+            let reader = pair.receive_in_background(len);
             let mut sqe = req.sqe(Op::SendMsgZc, pair.tx.as_raw_fd());
             sqe.msg_flags |= libc::MSG_WAITALL as u32;
             let entry = sqe.user_data(round).into_entry();

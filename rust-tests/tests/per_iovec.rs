@@ -4,12 +4,10 @@
 //! Every test checks the bytes at the receiver and the CQE protocol (one
 //! result with F_MORE, then exactly one notification).
 
-use std::io::Read;
-
 use rstest::rstest;
 use sendzc_iov::sys::{self, io_uring_zc_iov_attr};
 use sendzc_iov::{probe, sqe::SendSqe};
-use sendzc_iov_vm_tests::net::Peer;
+use sendzc_iov_vm_tests::net::{Peer, TcpPair};
 use sendzc_iov_vm_tests::{
     pattern, require_feature, zc_completion, Family, Op, RegBufs, Request, Ring, Seg, Transport,
     ZcCompletion,
@@ -397,29 +395,21 @@ fn buffers_outlive_unregister_while_in_flight(#[values(false, true)] update_inst
         }
         .unwrap();
         drop(bufs);
-        let got = read_while_reaping(&mut ring, pair.rx, expected.len(), 3);
+        let got = read_while_reaping(&mut ring, &pair, expected.len(), 3);
         assert_eq!(got, expected);
         drop(other);
     } else {
         ring.ring.submitter().unregister_buffers().unwrap();
         drop(bufs);
-        let got = read_while_reaping(&mut ring, pair.rx, expected.len(), 3);
+        let got = read_while_reaping(&mut ring, &pair, expected.len(), 3);
         assert_eq!(got, expected);
     }
 }
 
 /// Reads `len` bytes in a thread while this one drives the ring until the
 /// request `user_data` has fully completed.
-fn read_while_reaping(
-    ring: &mut Ring,
-    mut rx: std::net::TcpStream,
-    len: usize,
-    user_data: u64,
-) -> Vec<u8> {
-    let reader = std::thread::spawn(move || {
-        let mut buf = vec![0; len];
-        rx.read_exact(&mut buf).map(|()| buf)
-    });
+fn read_while_reaping(ring: &mut Ring, pair: &TcpPair, len: usize, user_data: u64) -> Vec<u8> {
+    let reader = pair.receive_in_background(len);
     let cqes = ring.reap_zc(user_data).unwrap();
     let done = zc_completion(&cqes, user_data).unwrap();
     assert_eq!(done.result.res, len as i32, "{done:?}");

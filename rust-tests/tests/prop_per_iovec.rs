@@ -260,12 +260,7 @@ fn check_request(fx: &mut Fixture, case: Case, overwrite: bool) -> Result<(), Te
         let Peer::Tcp(pair) = fx.peer(transport, family) else {
             unreachable!()
         };
-        let mut rx = pair.rx.try_clone().unwrap();
-        let len = expected.len();
-        reader = Some(std::thread::spawn(move || {
-            let mut buf = vec![0; len];
-            std::io::Read::read_exact(&mut rx, &mut buf).map(|()| buf)
-        }));
+        reader = Some(pair.receive_in_background(expected.len()));
     }
     let ring = fx.ring(setup).0;
     // SAFETY: req (iovecs, attributes, msghdr, data) outlives the reap below.
