@@ -3,11 +3,10 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
-use std::process::Command;
 
 use rstest::rstest;
 use sendzc_iov::sys::{IORING_NOTIF_USAGE_ZC_COPIED, IORING_SEND_ZC_REPORT_USAGE};
-use sendzc_iov_vm_tests::net::{Peer, UdpPair};
+use sendzc_iov_vm_tests::net::{udp_through_dummy, Peer, UdpPair};
 use sendzc_iov_vm_tests::{
     pattern, require_feature, zc_completion, Cqe, Family, Op, RegBufs, Request, Ring, Seg,
     Transport,
@@ -145,39 +144,6 @@ fn partial_send_sends_exactly_the_prefix(#[values(Op::SendMsgZc, Op::SendZcVecto
     );
 }
 
-/// Runs `ip` with `args` in the calling thread's network namespace.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Moves the calling thread into a new network namespace with a dummy
-/// device: packets routed to it are freed without being copied, so
-/// zero-copy really happens. Its addresses exist only in this namespace.
-fn enter_dummy_netns(sg: bool) {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-    ip(&["link", "add", "szdummy0", "type", "dummy"]);
-    // UDP zero-copy needs a datagram that fits the MTU unfragmented.
-    ip(&["link", "set", "szdummy0", "mtu", "65535", "up"]);
-    ip(&["addr", "add", "198.18.0.1/24", "dev", "szdummy0"]);
-    if !sg {
-        let out = Command::new("ethtool")
-            .args(["-K", "szdummy0", "sg", "off"])
-            .output()
-            .expect("ethtool");
-        assert!(
-            out.status.success(),
-            "ethtool: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
 /// REPORT_USAGE through a dummy device: zero-copy for mixed requests, and
 /// "copied" once the device cannot take frags.
 #[rstest]
@@ -192,11 +158,9 @@ fn report_usage_through_a_dummy_device(
     require_feature();
     // A thread of its own: the namespace change is per thread.
     std::thread::spawn(move || {
-        enter_dummy_netns(sg);
+        let tx = udp_through_dummy(sg).expect("dummy device namespace");
         let mut ring = Ring::new(8).unwrap();
         let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-        let tx = std::net::UdpSocket::bind("198.18.0.1:0").unwrap();
-        tx.connect("198.18.0.2:9").unwrap();
         let segs = if all_copy {
             vec![Seg::Copy(pattern(24, 1)), Seg::Copy(pattern(1000, 2))]
         } else {

@@ -12,12 +12,12 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::time::Duration;
 
 use io_uring::{opcode, squeue, types};
 use sendzc_iov::sqe::SendSqe;
 use sendzc_iov::sys;
+use sendzc_iov_vm_tests::net::udp_through_dummy;
 use sendzc_iov_vm_tests::{Cqe, MmapBuf, RegBufs, Request, Ring, Seg};
 
 const HEADER: usize = 24;
@@ -260,34 +260,6 @@ fn run(
     })
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-/// A private network namespace whose only device is a dummy one: UDP
-/// datagrams to 198.18.0.2 are freed there, zero-copy frags and all.
-fn udp_through_dummy() -> Result<std::net::UdpSocket, String> {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
-    ip(&["link", "add", "szbench0", "type", "dummy"])?;
-    ip(&["link", "set", "szbench0", "mtu", "65535", "up"])?;
-    ip(&["addr", "add", "198.18.0.1/24", "dev", "szbench0"])?;
-    let sock = std::net::UdpSocket::bind("198.18.0.1:0").map_err(|e| e.to_string())?;
-    sock.connect("198.18.0.2:9").map_err(|e| e.to_string())?;
-    Ok(sock)
-}
-
 fn shapes(transport: Transport, quick: bool) -> Vec<(usize, usize)> {
     let payloads: &[usize] = &[0, 64, 1024, 4096, 16384, 65536, 512 * 1024];
     let batches: &[usize] = if quick { &[1, 16] } else { &[1, 4, 16] };
@@ -317,7 +289,11 @@ fn main() -> Result<(), String> {
     let quick = args.iter().any(|a| a == "--quick");
     let reps = if quick { 3 } else { 5 };
     let (transport, udp, tcp) = if target == "udp-dummy" {
-        (Transport::UdpDummy, Some(udp_through_dummy()?), None)
+        (
+            Transport::UdpDummy,
+            Some(udp_through_dummy(true).map_err(|e| e.to_string())?),
+            None,
+        )
     } else if let Some(addr) = target.strip_prefix("tcp=") {
         let stream =
             std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
