@@ -22,10 +22,15 @@ pub struct Base {
 }
 
 impl Base {
+    /// `kernel-patches/BASE`.
     pub fn load(layout: &Layout) -> Result<Base> {
-        let path = layout.patches().join("BASE");
+        Base::load_from(&layout.patches().join("BASE"))
+    }
+
+    /// A BASE file: `kernel-patches/BASE`, `kernel-patches/liburing/BASE`.
+    pub fn load_from(path: &Path) -> Result<Base> {
         let text =
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Base::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 
@@ -143,6 +148,25 @@ impl PrivateApt {
             })?;
         find_deb(&dl, package, version)
     }
+
+    /// Downloads the source package `package=version` (.dsc, orig tarball,
+    /// Debian tarball) into `src/`; returns that directory.
+    pub fn download_source(&self, sh: &Shell, package: &str, version: &str) -> Result<PathBuf> {
+        let dir = self.dir.join("src");
+        fs::create_dir_all(&dir)?;
+        let opts = self.options();
+        let spec = format!("{package}={version}");
+        let _cd = sh.push_dir(&dir);
+        cmd!(sh, "apt-get {opts...} source --download-only {spec}")
+            .run()
+            .with_context(|| {
+                format!(
+                    "cannot download the source package {spec}: the archive may \
+                     have moved on; update the BASE file that names it"
+                )
+            })?;
+        Ok(dir)
+    }
 }
 
 fn find_deb(dir: &Path, package: &str, version: &str) -> Result<PathBuf> {
@@ -156,7 +180,7 @@ fn find_deb(dir: &Path, package: &str, version: &str) -> Result<PathBuf> {
     }
 }
 
-fn sha256(sh: &Shell, file: &Path) -> Result<String> {
+pub fn sha256(sh: &Shell, file: &Path) -> Result<String> {
     let out = cmd!(sh, "sha256sum {file}").quiet().read()?;
     Ok(out
         .split_whitespace()
