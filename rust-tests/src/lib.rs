@@ -26,6 +26,25 @@ pub fn require_feature() {
     );
 }
 
+/// Appends `property cases` to the file `$SENDZC_CASE_LOG` names, if any:
+/// `cargo xtask vm-test` sets it and sums the lines in its final summary,
+/// as libtest shows nothing of a passing test's output.
+pub fn record_cases(property: &str, cases: u64) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("SENDZC_CASE_LOG") else {
+        return;
+    };
+    let line = format!("{property} {cases}\n");
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        panic!("cannot append to SENDZC_CASE_LOG {path:?}: {e}");
+    }
+}
+
 /// How long any single wait (CQEs, received bytes) may take.
 pub const CQE_TIMEOUT: Duration = Duration::from_secs(10);
 

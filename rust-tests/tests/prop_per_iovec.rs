@@ -20,7 +20,7 @@
 //! Failures are shrunk; proptest prints the minimal case and its seed, and
 //! records it under `tests/proptest-regressions/` when the tree is writable.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
@@ -30,8 +30,8 @@ use sendzc_iov::sys::{IORING_RECVSEND_POLL_FIRST, IORING_ZC_IOV_FIXED};
 const IOSQE_ASYNC: u8 = 1 << 4;
 use sendzc_iov_vm_tests::net::Peer;
 use sendzc_iov_vm_tests::{
-    pattern, require_feature, zc_completion, Family, MmapBuf, Op, RegBufs, Request, Ring, Seg,
-    Setup, Transport,
+    pattern, record_cases, require_feature, zc_completion, Family, MmapBuf, Op, RegBufs, Request,
+    Ring, Seg, Setup, Transport,
 };
 
 /// Four buffers of different sizes, so that indices and ranges matter:
@@ -310,6 +310,7 @@ fn udp() -> BoxedStrategy<Transport> {
 /// Checks `cases` generated cases of properties 1-3 (3 if `overwrite`)
 /// against peers of `transports`.
 fn check_property(
+    property: &str,
     transports: &[Transport],
     strategy: impl Strategy<Value = Case>,
     cases: u32,
@@ -317,24 +318,34 @@ fn check_property(
 ) {
     require_feature();
     let fx = RefCell::new(Fixture::new(transports));
+    let ran = Cell::new(0);
     runner(cases)
         .run(&strategy, |c| {
+            ran.set(ran.get() + 1);
             check_request(&mut fx.borrow_mut(), c, overwrite)
         })
         .unwrap();
+    record_cases(property, ran.get());
 }
 
 #[test]
 fn tcp_requests_arrive_whole_and_in_order() {
     let strategy =
         case(tcp(), segments(Transport::Tcp)).prop_filter("COPY cap", |c| within_copy_cap(&c.segs));
-    check_property(&[Transport::Tcp], strategy, 400, false);
+    check_property(
+        "tcp_requests_arrive_whole_and_in_order",
+        &[Transport::Tcp],
+        strategy,
+        400,
+        false,
+    );
 }
 
 #[test]
 fn udp_requests_are_one_datagram_each() {
     let strategy = case(udp(), segments(Transport::UdpConnected));
     check_property(
+        "udp_requests_are_one_datagram_each",
         &[Transport::UdpConnected, Transport::UdpTo],
         strategy,
         1000,
@@ -348,6 +359,7 @@ fn copy_memory_is_reusable_at_the_result() {
     let transports = prop_oneof![Just(Transport::Tcp), Just(Transport::UdpConnected)].boxed();
     let strategy = case(transports, segments(Transport::UdpConnected));
     check_property(
+        "copy_memory_is_reusable_at_the_result",
         &[Transport::Tcp, Transport::UdpConnected],
         strategy,
         300,
@@ -383,8 +395,10 @@ fn garbage_attributes_are_einval_and_send_nothing() {
         segments(Transport::UdpConnected),
         garbage(),
     );
+    let ran = Cell::new(0);
     runner(300)
         .run(&strategy, |(t, op, segs, (at, mode, flags, idx, resv))| {
+            ran.set(ran.get() + 1);
             let fx = &mut *fx.borrow_mut();
             let mut req = Request::new(segs, fx.ring(Setup::Default).1);
             let at = at % req.attrs.len();
@@ -410,4 +424,5 @@ fn garbage_attributes_are_einval_and_send_nothing() {
             Ok(())
         })
         .unwrap();
+    record_cases("garbage_attributes_are_einval_and_send_nothing", ran.get());
 }

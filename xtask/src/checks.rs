@@ -9,7 +9,7 @@ use xshell::{cmd, Shell};
 use crate::layout::{Layout, Profile};
 use crate::phase::Phases;
 use crate::vm_test::{self, tally, Tally};
-use crate::{kernel, setup, source, Options};
+use crate::{kernel, liburing, setup, source, Options};
 
 /// `cargo xtask ci`: what `.ci/run` runs. Returns host and guest totals.
 pub fn ci(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Tally> {
@@ -138,7 +138,8 @@ pub fn check_patches(layout: &Layout, phases: &mut Phases) -> Result<()> {
                 .with_context(|| format!("the series does not build after {name}"))
         })?;
     }
-    phases.run("W=1", || w1_check(layout, &src, &build, &patches))
+    phases.run("W=1", || w1_check(layout, &src, &build, &patches))?;
+    phases.run("liburing series", || liburing::check_series(layout))
 }
 
 /// The kernel objects of the C files the series changes, from the patches'

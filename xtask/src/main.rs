@@ -13,6 +13,7 @@ mod bench;
 mod checks;
 mod kernel;
 mod layout;
+mod liburing;
 mod peers;
 mod phase;
 mod setup;
@@ -47,7 +48,7 @@ options (vm-test, kernel, ci):
   --kernel-src DIR       build this kernel tree as it is instead of Debian's
                          source with kernel-patches/ applied
   --accel kvm|tcg        skip the KVM probe
-  --timeout SECS         guest time limit (default: 600 with KVM, 2400 with TCG)
+  --timeout SECS         guest time limit (default: 1200 with KVM, 4800 with TCG)
   -- ARGS                passed to every test binary in the guest (e.g. a filter)
 
 environment:

@@ -44,6 +44,8 @@ pub struct Boot<'a> {
     pub timeout: Duration,
     /// More vng arguments (network, QEMU options).
     pub vng_args: Vec<String>,
+    /// Host network namespace to run QEMU in (`ip netns exec`).
+    pub netns: Option<String>,
 }
 
 /// How a boot ended.
@@ -62,7 +64,14 @@ impl Boot<'_> {
         let status_path = self.out_dir.join(STATUS_FILE);
         let _ = fs::remove_file(&status_path);
         let mut console = fs::File::create(&self.console_log)?;
-        let mut command = Command::new(layout.vng());
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(layout.vng());
+                c
+            }
+            None => Command::new(layout.vng()),
+        };
         // vng runs virtme-run from PATH; --verbose puts the serial console
         // (kernel log and, without udev on the host, the script's output)
         // on stdout.
@@ -183,6 +192,7 @@ pub fn choose_accel(layout: &Layout, kernel: &Path, forced: Option<Accel>) -> Re
         console_log: layout.vm_out().join("kvm-probe.log"),
         timeout: Duration::from_secs(60),
         vng_args: Vec::new(),
+        netns: None,
     }
     .run(layout)?;
     let ok = outcome.status == Some(0);
@@ -237,6 +247,12 @@ fn problems_before_tests(dmesg: &str) -> Vec<&str> {
         Some(at) => kernel_problems(&dmesg[..at]),
         None => Vec::new(),
     }
+}
+
+/// How many problem lines dmesg and the kmemleak report of a run hold.
+pub fn problem_count(out_dir: &Path) -> usize {
+    let read = |name: &str| fs::read_to_string(out_dir.join(name)).unwrap_or_default();
+    kernel_problems(&read("dmesg.txt")).len() + kernel_problems(&read("kmemleak.txt")).len()
 }
 
 /// Fails with the offending lines when dmesg or the kmemleak report of the

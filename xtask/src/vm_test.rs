@@ -10,7 +10,7 @@ use xshell::{cmd, Shell};
 use crate::layout::{Layout, Profile};
 use crate::phase::Phases;
 use crate::vm::{self, Accel, Boot};
-use crate::{kernel, peers, setup, source, Options};
+use crate::{kernel, liburing, peers, setup, source, Options};
 
 /// A built kernel, ready to boot.
 pub struct Kernel {
@@ -27,15 +27,16 @@ const GUEST_PACKAGES: &[&str] = &["sendzc-iov", "sendzc-iov-vm-tests"];
 
 /// A short stable name for a custom source tree's build directory.
 fn tree_id(dir: &Path) -> String {
-    // FNV-1a: stable across runs and Rust versions, unlike DefaultHasher.
-    let hash = dir
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-        });
-    format!("custom-{hash:016x}")
+    format!("custom-{}", fnv1a(dir.as_os_str().as_encoded_bytes()))
+}
+
+/// FNV-1a, as hex: stable across runs and Rust versions, unlike
+/// DefaultHasher.
+fn fnv1a(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    });
+    format!("{hash:016x}")
 }
 
 fn custom_tree(dir: &Path) -> Result<PathBuf> {
@@ -223,31 +224,49 @@ pub fn tally(console: &str) -> Tally {
     t
 }
 
-/// The whole pipeline: kernel, test binaries, boot, tests, kernel log.
-/// Returns the guest's test totals.
-pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Tally> {
-    let kernel = kernel(layout, options, phases)?;
-    phases.run("check-uapi", || check_uapi(layout, &kernel))?;
-    let binaries = phases.run("test build", || build_test_binaries(layout))?;
-    let peer_suites = phases.run("peer build", || {
-        Ok(vec![peers::kernel_zerocopy_selftest(
-            layout,
-            &kernel.src,
-            &kernel.build,
-        )?])
-    })?;
+/// What one guest boot is asked to run.
+struct GuestPlan<'a> {
+    /// Names the output directory and the console log.
+    label: &'a str,
+    kernel: &'a Kernel,
+    binaries: &'a [PathBuf],
+    peers: &'a [peers::PeerSuite],
+}
+
+/// What a guest boot left behind.
+struct GuestRun {
+    out: PathBuf,
+    console_log: PathBuf,
+    console: String,
+    outcome: vm::Outcome,
+    accel: Accel,
+    timeout: Duration,
+}
+
+/// The guest's output directory for `label`: shared read-write with it.
+fn guest_out(layout: &Layout, label: &str) -> PathBuf {
+    layout.vm_out().join(label)
+}
+
+/// Boots `plan.kernel` and runs the plan in it through guest-run.sh; boots
+/// once more if the kernel reported a problem before the tests started.
+fn boot_guest(
+    layout: &Layout,
+    options: &Options,
+    phases: &mut Phases,
+    plan: &GuestPlan,
+) -> Result<GuestRun> {
     let accel = phases.run("accel", || {
-        vm::choose_accel(layout, &kernel.bzimage, options.accel)
+        vm::choose_accel(layout, &plan.kernel.bzimage, options.accel)
     })?;
-    let out = layout.vm_out().join("run");
-    let _ = fs::remove_dir_all(&out);
+    let out = guest_out(layout, plan.label);
     fs::create_dir_all(&out)?;
-    write_guest_plan(&out, &binaries, &kernel, options)?;
-    let plan: String = peer_suites.iter().map(peers::plan_line).collect();
-    fs::write(out.join("peers"), plan)?;
+    write_guest_plan(&out, plan.binaries, plan.kernel, options)?;
+    let peer_plan: String = plan.peers.iter().map(peers::plan_line).collect();
+    fs::write(out.join("peers"), peer_plan)?;
     let timeout = options.timeout.unwrap_or(match accel {
-        Accel::Kvm => Duration::from_secs(600),
-        Accel::Tcg => Duration::from_secs(2400),
+        Accel::Kvm => Duration::from_secs(1200),
+        Accel::Tcg => Duration::from_secs(4800),
     });
     eprintln!(
         "  accelerator: {}; guest time limit {}s",
@@ -260,90 +279,319 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Ta
         exec.push(' ');
         exec.push_str(&shell_quote(arg));
     }
-    let console_log = layout.vm_out().join("console.log");
+    let console_log = layout.vm_out().join(format!("console-{}.log", plan.label));
     let boot = Boot {
-        kernel: &kernel.bzimage,
+        kernel: &plan.kernel.bzimage,
         accel,
         exec,
         out_dir: &out,
         console_log: console_log.clone(),
         timeout,
         vng_args: Vec::new(),
+        netns: None,
     };
-    let mut outcome = phases.run("boot+test", || boot.run(layout))?;
+    let mut outcome = phases.run(&format!("boot+test ({})", plan.label), || boot.run(layout))?;
     // A report logged at boot, before any test ran, is not about the code
     // under test, but it taints the kernel (lockdep turns itself off): say
-    // so and boot once more. A second one fails the run below.
+    // so and boot once more. A second one fails the run.
     let early = vm::boot_problems(&out);
     if !early.is_empty() {
         eprintln!("  kernel problem at boot, before the tests (retrying the boot once):");
         for line in &early {
             eprintln!("  ! {line}");
         }
-        let saved = layout.vm_out().join("console-boot-problem.log");
+        let saved = layout
+            .vm_out()
+            .join(format!("console-{}-boot-problem.log", plan.label));
         fs::copy(&console_log, &saved)?;
         eprintln!("  first console log kept as {}", saved.display());
-        outcome = phases.run("boot+test (again)", || boot.run(layout))?;
+        outcome = phases.run(&format!("boot+test again ({})", plan.label), || {
+            boot.run(layout)
+        })?;
     }
     let console = fs::read_to_string(&console_log).unwrap_or_default();
-    let mut tally = tally(&console);
-    let peer_results = peers::results(&console);
-    for (name, ok) in &peer_results {
+    Ok(GuestRun {
+        out,
+        console_log,
+        console,
+        outcome,
+        accel,
+        timeout,
+    })
+}
+
+impl GuestRun {
+    /// Fails unless the guest wrote a status (no crash, no hang).
+    fn require_status(&self) -> Result<i32> {
+        match self.outcome.status {
+            Some(status) => Ok(status),
+            None if self.outcome.timed_out => bail!(
+                "the guest did not finish within {}s (hang?); see {}",
+                self.timeout.as_secs(),
+                self.console_log.display()
+            ),
+            None => bail!(
+                "the guest ended without a status (crash or panic?); see {}",
+                self.console_log.display()
+            ),
+        }
+    }
+}
+
+/// What the final summary reports besides the test totals.
+#[derive(Default)]
+struct Summary {
+    /// (property, cases run) from the property tests.
+    cases: Vec<(String, u64)>,
+    /// (suite, base line, patched line) for the peer suites.
+    peers: Vec<(String, String, String)>,
+    kernel_problems: usize,
+}
+
+impl Summary {
+    fn print(&self) {
+        eprintln!("---- summary ----");
+        let total: u64 = self.cases.iter().map(|(_, n)| n).sum();
+        eprintln!("  generated cases: {total}");
+        for (property, n) in &self.cases {
+            eprintln!("    {property}: {n}");
+        }
+        eprintln!("  peer suites (base kernel | patched kernel):");
+        for (name, base, patched) in &self.peers {
+            eprintln!("    {name}: {base} | {patched}");
+        }
         eprintln!(
-            "  peer suite {name}: {}",
-            if *ok { "passed" } else { "FAILED" }
+            "  kernel problems in dmesg/kmemleak: {}",
+            self.kernel_problems
         );
-        if *ok {
+    }
+}
+
+/// Sums the `property cases` lines the property tests appended.
+fn case_counts(path: &Path) -> Vec<(String, u64)> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let mut counts: Vec<(String, u64)> = Vec::new();
+    for (name, n) in text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(name, n)| Some((name.to_string(), n.trim().parse::<u64>().ok()?)))
+    {
+        match counts.iter_mut().find(|(p, _)| *p == name) {
+            Some((_, total)) => *total += n,
+            None => counts.push((name, n)),
+        }
+    }
+    counts
+}
+
+/// The key of the base kernel's liburing results: everything they depend
+/// on (kernel and liburing versions, config fragments, runner settings).
+fn liburing_base_key(layout: &Layout, profile: Profile) -> Result<String> {
+    let mut inputs = String::new();
+    for file in [
+        layout.patches().join("BASE"),
+        layout.patches().join("liburing/BASE"),
+        layout.qemu().join("vm.config"),
+        layout.qemu().join(format!("{}.config", profile.name())),
+        layout.qemu().join("guest-run.sh"),
+    ] {
+        inputs.push_str(
+            &fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?,
+        );
+    }
+    inputs.push_str(&format!("TIMEOUT={}\n", liburing::TEST_TIMEOUT));
+    Ok(format!("{}-{}", profile.name(), fnv1a(inputs.as_bytes())))
+}
+
+/// liburing's suite (as released) on the unpatched base kernel: from the
+/// cache, or by building that kernel and booting it once.
+fn liburing_on_base(
+    layout: &Layout,
+    options: &Options,
+    phases: &mut Phases,
+) -> Result<liburing::Results> {
+    let profile = options.profile.unwrap_or(Profile::Debug);
+    let key = liburing_base_key(layout, profile)?;
+    if let Some(results) = liburing::load_base_results(layout, &key) {
+        eprintln!(
+            "  liburing on the base kernel (cached, {key}): {}",
+            liburing::count_line(&results)
+        );
+        return Ok(results);
+    }
+    eprintln!("  no cached liburing results for the base kernel ({key}): running them");
+    let base = source::Base::load(layout)?;
+    let src = phases.run("source", || source::ensure(layout, &base))?;
+    // The same tree at `base`: objects ccache saw for the series hit again.
+    phases.run("base tree", || kernel::apply_series(&src, &[]))?;
+    let build = layout.build_dir("base", profile);
+    phases.run("base config", || {
+        kernel::configure(layout, &src, &build, profile)
+    })?;
+    let log = layout
+        .vm_out()
+        .join(format!("kernel-build-base-{}.log", profile.name()));
+    phases.run("base build", || {
+        kernel::make(layout, &src, &build, &["bzImage"], &log)
+    })?;
+    let kernel = Kernel {
+        bzimage: build.join("arch/x86/boot/bzImage"),
+        src,
+        build,
+        expect_feature: false,
+    };
+    let tree = phases.run("liburing build (released)", || {
+        liburing::build(layout, liburing::Flavour::Released)
+    })?;
+    let label = "base";
+    let out = guest_out(layout, label);
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out)?;
+    let suite = liburing::stage(&tree, &out, liburing::Flavour::Released)?;
+    let run = boot_guest(
+        layout,
+        options,
+        phases,
+        &GuestPlan {
+            label,
+            kernel: &kernel,
+            binaries: &[],
+            peers: std::slice::from_ref(&suite),
+        },
+    )?;
+    run.require_status()?;
+    let results = liburing::parse_log(&peers::log(&run.out, &suite.name)?);
+    if results.is_empty() {
+        bail!(
+            "liburing's runtests.sh reported no test on the base kernel; see {}",
+            run.console_log.display()
+        );
+    }
+    // Upstream's problems are not ours to fix, but worth seeing: the
+    // tests during which they happened already count as failed.
+    if let Err(e) = vm::check_kernel_logs(&run.out) {
+        eprintln!("  note: the base kernel logged problems ({e})");
+    }
+    eprintln!(
+        "  liburing on the base kernel: {}",
+        liburing::count_line(&results)
+    );
+    liburing::store_base_results(layout, &key, &results)?;
+    Ok(results)
+}
+
+/// The whole pipeline: liburing on the base kernel (cached), the patched
+/// kernel, test binaries, boot, tests, peer suites, kernel log, summary.
+/// Returns the guest's test totals.
+pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Tally> {
+    let liburing_base = liburing_on_base(layout, options, phases)?;
+    let kernel = kernel(layout, options, phases)?;
+    phases.run("check-uapi", || check_uapi(layout, &kernel))?;
+    let binaries = phases.run("test build", || build_test_binaries(layout))?;
+    let label = "run";
+    let out = guest_out(layout, label);
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out)?;
+    let peer_suites = phases.run("peer build", || {
+        let selftest = peers::kernel_zerocopy_selftest(layout, &kernel.src, &kernel.build)?;
+        let tree = liburing::build(layout, liburing::Flavour::Patched)?;
+        let liburing = liburing::stage(&tree, &out, liburing::Flavour::Patched)?;
+        Ok(vec![selftest, liburing])
+    })?;
+    let run = boot_guest(
+        layout,
+        options,
+        phases,
+        &GuestPlan {
+            label,
+            kernel: &kernel,
+            binaries: &binaries,
+            peers: &peer_suites,
+        },
+    )?;
+    let mut tally = tally(&run.console);
+    let mut summary = Summary {
+        cases: case_counts(&run.out.join("cases.txt")),
+        ..Summary::default()
+    };
+    let peer_results = peers::results(&run.console);
+    let mut peer_failures = Vec::new();
+    for suite in &peer_suites {
+        let Some((_, exited_ok)) = peer_results.iter().find(|(n, _)| *n == suite.name) else {
+            peer_failures.push(format!("{} reported no result", suite.name));
+            continue;
+        };
+        let ok = match suite.judge {
+            peers::Judge::Exit => {
+                let word = if *exited_ok { "passed" } else { "FAILED" };
+                summary
+                    .peers
+                    .push((suite.name.clone(), "not run".into(), word.into()));
+                *exited_ok
+            }
+            peers::Judge::Host => {
+                let patched = liburing::parse_log(&peers::log(&run.out, &suite.name)?);
+                eprintln!("  liburing's tests, base kernel vs patched kernel:");
+                eprint!("{}", liburing::side_by_side(&liburing_base, &patched));
+                summary.peers.push((
+                    suite.name.clone(),
+                    liburing::count_line(&liburing_base),
+                    liburing::count_line(&patched),
+                ));
+                let lost = liburing::regressions(&liburing_base, &patched);
+                if !lost.is_empty() {
+                    peer_failures.push(format!(
+                        "liburing tests that pass on the base kernel but not on the \
+                         patched one: {}",
+                        lost.join(" ")
+                    ));
+                }
+                lost.is_empty()
+            }
+        };
+        eprintln!(
+            "  peer suite {}: {}",
+            suite.name,
+            if ok { "passed" } else { "FAILED" }
+        );
+        if ok {
             tally.passed += 1;
         } else {
             tally.failed += 1;
         }
     }
-    if peer_results.len() != peer_suites.len() {
-        bail!(
-            "{} of {} peer suites reported a result; see {}",
-            peer_results.len(),
-            peer_suites.len(),
-            console_log.display()
-        );
-    }
-    let logs = phases.run("dmesg", || vm::check_kernel_logs(&out));
+    let logs = phases.run("dmesg", || vm::check_kernel_logs(&run.out));
+    summary.kernel_problems = vm::problem_count(&run.out);
     eprintln!(
         "vm-test: {} test binaries in the guest ({}), console log {}",
         tally.binaries,
-        accel.name(),
-        console_log.display()
+        run.accel.name(),
+        run.console_log.display()
     );
+    summary.print();
     eprintln!("{}", tally.closing_line("guest"));
-    match outcome.status {
-        None if outcome.timed_out => bail!(
-            "the guest did not finish within {}s (hang?); see {}",
-            timeout.as_secs(),
-            console_log.display()
-        ),
-        None => bail!(
-            "the guest ended without a status (crash or panic?); see {}",
-            console_log.display()
-        ),
-        Some(0) if tally.passed == 0 => {
-            bail!("the guest ran no test; see {}", console_log.display())
+    let status = run.require_status()?;
+    if !peer_failures.is_empty() {
+        bail!("peer suites: {}", peer_failures.join("; "));
+    }
+    match status {
+        0 if tally.passed == 0 => {
+            bail!("the guest ran no test; see {}", run.console_log.display())
         }
-        Some(0) if tally.binaries == binaries.len() as u64 && tally.failed == 0 => {
-            logs.map(|()| tally)
-        }
-        Some(0) => bail!(
+        0 if tally.binaries == binaries.len() as u64 && tally.failed == 0 => logs.map(|()| tally),
+        0 => bail!(
             "{} of {} test binaries reported a result; see {}",
             tally.binaries,
             binaries.len(),
-            console_log.display()
+            run.console_log.display()
         ),
-        Some(_) => {
+        _ => {
             logs.ok();
             bail!(
                 "the guest's tests failed ({} failed test(s) counted; a binary may \
                  also have exited with an error); see {}",
                 tally.failed,
-                console_log.display()
+                run.console_log.display()
             )
         }
     }
@@ -364,6 +612,10 @@ fn write_guest_plan(
     env.push_str(&format!(
         "SENDZC_UAPI_INCLUDE={}\n",
         kernel.headers().display()
+    ));
+    env.push_str(&format!(
+        "SENDZC_CASE_LOG={}\n",
+        out.join("cases.txt").display()
     ));
     if options.profile == Some(Profile::Bench) {
         env.push_str("SENDZC_PROFILE=bench\n");
