@@ -18,7 +18,8 @@
 //!
 //! `PROPTEST_CASES` overrides the number of cases of every property.
 //! Failures are shrunk; proptest prints the minimal case and its seed, and
-//! records it under `tests/proptest-regressions/` when the tree is writable.
+//! records it in rust-tests/proptest-regressions/ (see its README), whose
+//! cases every later run replays first.
 
 use std::cell::{Cell, RefCell};
 
@@ -59,12 +60,26 @@ fn cases(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
+/// Where shrunk failures are recorded and replayed from: the file
+/// `$SENDZC_PROPTEST_REGRESSIONS/prop_per_iovec.txt` (vm-test makes
+/// rust-tests/proptest-regressions/ writable in the guest), else next to
+/// this source file.
+fn persistence() -> Box<FileFailurePersistence> {
+    Box::new(match std::env::var("SENDZC_PROPTEST_REGRESSIONS") {
+        Ok(dir) => {
+            let file = format!("{dir}/prop_per_iovec.txt");
+            // Direct wants a &'static str; one small leak per runner.
+            FileFailurePersistence::Direct(Box::leak(file.into_boxed_str()))
+        }
+        Err(_) => FileFailurePersistence::SourceParallel("proptest-regressions"),
+    })
+}
+
 fn runner(default_cases: u32) -> TestRunner {
     TestRunner::new(Config {
         cases: cases(default_cases),
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
-            "proptest-regressions",
-        ))),
+        failure_persistence: Some(persistence()),
+        source_file: Some(file!()),
         ..Config::default()
     })
 }

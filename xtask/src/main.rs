@@ -47,6 +47,8 @@ options (vm-test, kernel, ci):
   --profile debug|bench  config fragment on top of qemu/vm.config (default: debug)
   --kernel-src DIR       build this kernel tree as it is instead of Debian's
                          source with kernel-patches/ applied
+  --liburing selection|all  liburing tests to run on the base and patched
+                         kernel: qemu/liburing-tests.txt (default) or all
   --accel kvm|tcg        skip the KVM probe
   --timeout SECS         guest time limit (default: 1200 with KVM, 4800 with TCG)
   -- ARGS                passed to every test binary in the guest (e.g. a filter)
@@ -55,9 +57,20 @@ environment:
   SENDZC_CACHE           cache directory (default: $XDG_CACHE_HOME/sendzc-iov)
 ";
 
+/// Which of liburing's tests vm-test runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LiburingScope {
+    /// qemu/liburing-tests.txt: the tests of the paths the series touches.
+    #[default]
+    Selection,
+    /// Every test program (over an hour per kernel under TCG with KASAN).
+    All,
+}
+
 /// Options shared by the commands that build and boot a kernel.
 #[derive(Default)]
 pub struct Options {
+    pub liburing: LiburingScope,
     pub profile: Option<Profile>,
     pub kernel_src: Option<PathBuf>,
     pub accel: Option<Accel>,
@@ -75,6 +88,13 @@ fn parse_options(args: &[String]) -> Result<Options> {
                 .with_context(|| format!("{name} needs a value"))
         };
         match arg.as_str() {
+            "--liburing" => {
+                options.liburing = match value("--liburing")?.as_str() {
+                    "selection" => LiburingScope::Selection,
+                    "all" => LiburingScope::All,
+                    other => bail!("--liburing takes selection or all, not '{other}'"),
+                }
+            }
             "--profile" => options.profile = Some(Profile::parse(&value("--profile")?)?),
             "--kernel-src" => options.kernel_src = Some(PathBuf::from(value("--kernel-src")?)),
             "--accel" => {

@@ -10,7 +10,7 @@ use xshell::{cmd, Shell};
 use crate::layout::{Layout, Profile};
 use crate::phase::Phases;
 use crate::vm::{self, Accel, Boot};
-use crate::{kernel, liburing, peers, setup, source, Options};
+use crate::{kernel, liburing, peers, setup, source, LiburingScope, Options};
 
 /// A built kernel, ready to boot.
 pub struct Kernel {
@@ -190,6 +190,15 @@ impl Tally {
         }
     }
 
+    /// One more passed or failed test.
+    pub fn count(&mut self, passed: bool) {
+        if passed {
+            self.passed += 1;
+        } else {
+            self.failed += 1;
+        }
+    }
+
     /// The closing line CI reads: `label: N passed, N failed, N skipped`.
     pub fn closing_line(&self, label: &str) -> String {
         format!(
@@ -261,7 +270,7 @@ fn boot_guest(
     })?;
     let out = guest_out(layout, plan.label);
     fs::create_dir_all(&out)?;
-    write_guest_plan(&out, plan.binaries, plan.kernel, options)?;
+    write_guest_plan(layout, &out, plan.binaries, plan.kernel, options)?;
     let peer_plan: String = plan.peers.iter().map(peers::plan_line).collect();
     fs::write(out.join("peers"), peer_plan)?;
     let timeout = options.timeout.unwrap_or(match accel {
@@ -287,7 +296,7 @@ fn boot_guest(
         out_dir: &out,
         console_log: console_log.clone(),
         timeout,
-        vng_args: Vec::new(),
+        vng_args: vec![format!("--rwdir={}", regressions_dir(layout).display())],
         netns: None,
     };
     let mut outcome = phases.run(&format!("boot+test ({})", plan.label), || boot.run(layout))?;
@@ -385,8 +394,13 @@ fn case_counts(path: &Path) -> Vec<(String, u64)> {
 }
 
 /// The key of the base kernel's liburing results: everything they depend
-/// on (kernel and liburing versions, config fragments, runner settings).
-fn liburing_base_key(layout: &Layout, profile: Profile) -> Result<String> {
+/// on (kernel and liburing versions, config fragments, runner settings),
+/// and the tests run unless it is the whole suite.
+fn liburing_base_key(
+    layout: &Layout,
+    profile: Profile,
+    tests: Option<&[String]>,
+) -> Result<String> {
     let mut inputs = String::new();
     for file in [
         layout.patches().join("BASE"),
@@ -394,13 +408,54 @@ fn liburing_base_key(layout: &Layout, profile: Profile) -> Result<String> {
         layout.qemu().join("vm.config"),
         layout.qemu().join(format!("{}.config", profile.name())),
         layout.qemu().join("guest-run.sh"),
+        // Also the limits some tests run under, whatever the scope.
+        layout.qemu().join("liburing-tests.txt"),
     ] {
         inputs.push_str(
             &fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?,
         );
     }
     inputs.push_str(&format!("TIMEOUT={}\n", liburing::TEST_TIMEOUT));
-    Ok(format!("{}-{}", profile.name(), fnv1a(inputs.as_bytes())))
+    let scope = match tests {
+        None => "all".to_string(),
+        Some(tests) => {
+            inputs.push_str(&tests.join(" "));
+            "selection".to_string()
+        }
+    };
+    Ok(format!(
+        "{}-{scope}-{}",
+        profile.name(),
+        fnv1a(inputs.as_bytes())
+    ))
+}
+
+/// Cached base results for `tests` (all when `None`): stored for exactly
+/// that scope, or cut out of a whole-suite run with the same inputs.
+fn cached_base_results(
+    layout: &Layout,
+    profile: Profile,
+    tests: Option<&[String]>,
+) -> Result<Option<(String, liburing::Results)>> {
+    let key = liburing_base_key(layout, profile, tests)?;
+    if let Some(results) = liburing::load_base_results(layout, &key) {
+        return Ok(Some((key, results)));
+    }
+    let Some(tests) = tests else {
+        return Ok(None);
+    };
+    let all_key = liburing_base_key(layout, profile, None)?;
+    Ok(liburing::load_base_results(layout, &all_key)
+        .and_then(|all| liburing::subset(&all, tests))
+        .map(|subset| (all_key, subset)))
+}
+
+/// The liburing tests to run: those of the selection, or all (`None`).
+fn scope<'a>(options: &Options, selection: &'a liburing::Selection) -> Option<&'a [String]> {
+    match options.liburing {
+        LiburingScope::Selection => Some(&selection.tests),
+        LiburingScope::All => None,
+    }
 }
 
 /// liburing's suite (as released) on the unpatched base kernel: from the
@@ -409,16 +464,18 @@ fn liburing_on_base(
     layout: &Layout,
     options: &Options,
     phases: &mut Phases,
+    selection: &liburing::Selection,
 ) -> Result<liburing::Results> {
+    let tests = scope(options, selection);
     let profile = options.profile.unwrap_or(Profile::Debug);
-    let key = liburing_base_key(layout, profile)?;
-    if let Some(results) = liburing::load_base_results(layout, &key) {
+    if let Some((key, results)) = cached_base_results(layout, profile, tests)? {
         eprintln!(
             "  liburing on the base kernel (cached, {key}): {}",
             liburing::count_line(&results)
         );
         return Ok(results);
     }
+    let key = liburing_base_key(layout, profile, tests)?;
     eprintln!("  no cached liburing results for the base kernel ({key}): running them");
     let base = source::Base::load(layout)?;
     let src = phases.run("source", || source::ensure(layout, &base))?;
@@ -447,7 +504,13 @@ fn liburing_on_base(
     let out = guest_out(layout, label);
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out)?;
-    let suite = liburing::stage(&tree, &out, liburing::Flavour::Released)?;
+    let suites = liburing::stage(
+        &tree,
+        &out,
+        liburing::Flavour::Released,
+        tests,
+        &selection.limits,
+    )?;
     let run = boot_guest(
         layout,
         options,
@@ -456,11 +519,11 @@ fn liburing_on_base(
             label,
             kernel: &kernel,
             binaries: &[],
-            peers: std::slice::from_ref(&suite),
+            peers: &suites,
         },
     )?;
     run.require_status()?;
-    let results = liburing::parse_log(&peers::log(&run.out, &suite.name)?);
+    let results = liburing::results_of(&run.out, &suites)?;
     if results.is_empty() {
         bail!(
             "liburing's runtests.sh reported no test on the base kernel; see {}",
@@ -480,11 +543,100 @@ fn liburing_on_base(
     Ok(results)
 }
 
+/// liburing's gate: every test that passes on the base kernel passes on
+/// the patched one, after one more chance for those that did not. Prints
+/// both lists side by side; returns the tests that fail the gate.
+#[allow(clippy::too_many_arguments)]
+fn liburing_gate(
+    layout: &Layout,
+    options: &Options,
+    phases: &mut Phases,
+    kernel: &Kernel,
+    selection: &liburing::Selection,
+    base: &liburing::Results,
+    mut patched: liburing::Results,
+    summary: &mut Summary,
+) -> Result<Vec<String>> {
+    let first = liburing::regressions(base, &patched);
+    if !first.is_empty() {
+        let again = liburing_again(layout, options, phases, kernel, &first, &selection.limits)?;
+        let flaky: Vec<&str> = first
+            .iter()
+            .filter(|t| again.get(*t) == Some(&liburing::Verdict::Passed))
+            .map(String::as_str)
+            .collect();
+        if !flaky.is_empty() {
+            eprintln!(
+                "  flaky: failed once, then passed on the patched kernel: {}",
+                flaky.join(" ")
+            );
+        }
+        patched.extend(again);
+    }
+    eprintln!("  liburing's tests, base kernel vs patched kernel:");
+    eprint!("{}", liburing::side_by_side(base, &patched));
+    summary.peers.push((
+        liburing::Flavour::Patched.suite_name(),
+        liburing::count_line(base),
+        liburing::count_line(&patched),
+    ));
+    let lost = liburing::regressions(base, &patched);
+    eprintln!(
+        "  peer suite liburing: {}",
+        if lost.is_empty() {
+            "passed (every test that passes on the base kernel passes)"
+        } else {
+            "FAILED"
+        }
+    );
+    Ok(lost)
+}
+
+/// Runs the liburing tests in `tests` once more on the patched kernel, in a
+/// guest of their own: a test that passed on the base kernel and failed on
+/// the patched one gets a second chance before it fails the gate (under
+/// TCG a slow moment can time a test out), and is then reported as flaky.
+fn liburing_again(
+    layout: &Layout,
+    options: &Options,
+    phases: &mut Phases,
+    kernel: &Kernel,
+    tests: &[String],
+    limits: &[liburing::Limits],
+) -> Result<liburing::Results> {
+    eprintln!(
+        "  {} liburing test(s) passed on the base kernel but not here; running them again: {}",
+        tests.len(),
+        tests.join(" ")
+    );
+    let label = "again";
+    let out = guest_out(layout, label);
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out)?;
+    let tree = liburing::build(layout, liburing::Flavour::Patched)?;
+    let suites = liburing::stage(&tree, &out, liburing::Flavour::Patched, Some(tests), limits)?;
+    let run = boot_guest(
+        layout,
+        options,
+        phases,
+        &GuestPlan {
+            label,
+            kernel,
+            binaries: &[],
+            peers: &suites,
+        },
+    )?;
+    run.require_status()?;
+    vm::check_kernel_logs(&run.out)?;
+    liburing::results_of(&run.out, &suites)
+}
+
 /// The whole pipeline: liburing on the base kernel (cached), the patched
 /// kernel, test binaries, boot, tests, peer suites, kernel log, summary.
 /// Returns the guest's test totals.
 pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Tally> {
-    let liburing_base = liburing_on_base(layout, options, phases)?;
+    let selection = liburing::selection(layout)?;
+    let liburing_base = liburing_on_base(layout, options, phases, &selection)?;
     let kernel = kernel(layout, options, phases)?;
     phases.run("check-uapi", || check_uapi(layout, &kernel))?;
     let binaries = phases.run("test build", || build_test_binaries(layout))?;
@@ -495,8 +647,15 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Ta
     let peer_suites = phases.run("peer build", || {
         let selftest = peers::kernel_zerocopy_selftest(layout, &kernel.src, &kernel.build)?;
         let tree = liburing::build(layout, liburing::Flavour::Patched)?;
-        let liburing = liburing::stage(&tree, &out, liburing::Flavour::Patched)?;
-        Ok(vec![selftest, liburing])
+        let mut suites = vec![selftest];
+        suites.extend(liburing::stage(
+            &tree,
+            &out,
+            liburing::Flavour::Patched,
+            scope(options, &selection),
+            &selection.limits,
+        )?);
+        Ok(suites)
     })?;
     let run = boot_guest(
         layout,
@@ -521,43 +680,41 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Ta
             peer_failures.push(format!("{} reported no result", suite.name));
             continue;
         };
-        let ok = match suite.judge {
-            peers::Judge::Exit => {
-                let word = if *exited_ok { "passed" } else { "FAILED" };
-                summary
-                    .peers
-                    .push((suite.name.clone(), "not run".into(), word.into()));
-                *exited_ok
+        if suite.judge == peers::Judge::Exit {
+            let word = if *exited_ok { "passed" } else { "FAILED" };
+            eprintln!("  peer suite {}: {word}", suite.name);
+            summary
+                .peers
+                .push((suite.name.clone(), "not run".into(), word.into()));
+            tally.count(*exited_ok);
+            if !exited_ok {
+                peer_failures.push(format!("{} failed", suite.name));
             }
-            peers::Judge::Host => {
-                let patched = liburing::parse_log(&peers::log(&run.out, &suite.name)?);
-                eprintln!("  liburing's tests, base kernel vs patched kernel:");
-                eprint!("{}", liburing::side_by_side(&liburing_base, &patched));
-                summary.peers.push((
-                    suite.name.clone(),
-                    liburing::count_line(&liburing_base),
-                    liburing::count_line(&patched),
-                ));
-                let lost = liburing::regressions(&liburing_base, &patched);
-                if !lost.is_empty() {
-                    peer_failures.push(format!(
-                        "liburing tests that pass on the base kernel but not on the \
-                         patched one: {}",
-                        lost.join(" ")
-                    ));
-                }
-                lost.is_empty()
-            }
-        };
-        eprintln!(
-            "  peer suite {}: {}",
-            suite.name,
-            if ok { "passed" } else { "FAILED" }
-        );
-        if ok {
-            tally.passed += 1;
-        } else {
-            tally.failed += 1;
+        }
+    }
+    let liburing_reported = peer_suites
+        .iter()
+        .filter(|s| s.judge == peers::Judge::Host)
+        .all(|s| peer_results.iter().any(|(n, _)| *n == s.name));
+    if liburing_reported {
+        let patched = liburing::results_of(&run.out, &peer_suites)?;
+        let lost = liburing_gate(
+            layout,
+            options,
+            phases,
+            &kernel,
+            &selection,
+            &liburing_base,
+            patched,
+            &mut summary,
+        )?;
+        tally.count(lost.is_empty());
+        if !lost.is_empty() {
+            peer_failures.push(format!(
+                "liburing tests that pass on the base kernel but not on the patched \
+                 one: {}",
+                lost.join(" ")
+            ));
         }
     }
     let logs = phases.run("dmesg", || vm::check_kernel_logs(&run.out));
@@ -597,7 +754,13 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Ta
     }
 }
 
+/// Where the property tests record shrunk failures (writable in the guest).
+fn regressions_dir(layout: &Layout) -> PathBuf {
+    layout.root.join("rust-tests/proptest-regressions")
+}
+
 fn write_guest_plan(
+    layout: &Layout,
     out: &Path,
     binaries: &[PathBuf],
     kernel: &Kernel,
@@ -616,6 +779,10 @@ fn write_guest_plan(
     env.push_str(&format!(
         "SENDZC_CASE_LOG={}\n",
         out.join("cases.txt").display()
+    ));
+    env.push_str(&format!(
+        "SENDZC_PROPTEST_REGRESSIONS={}\n",
+        regressions_dir(layout).display()
     ));
     if options.profile == Some(Profile::Bench) {
         env.push_str("SENDZC_PROFILE=bench\n");
