@@ -139,7 +139,82 @@ pub fn check_patches(layout: &Layout, phases: &mut Phases) -> Result<()> {
         })?;
     }
     phases.run("W=1", || w1_check(layout, &src, &build, &patches))?;
-    phases.run("liburing series", || liburing::check_series(layout))
+    phases.run("liburing series", || liburing::check_series(layout))?;
+    phases.run("send-email --dry-run", || {
+        // The kernel series touches the networking path: netdev is Cc'd.
+        mail_ready(&layout.patches(), patches.len(), &[NETDEV])?;
+        let liburing = liburing::series(layout)?;
+        if !liburing.is_empty() {
+            mail_ready(&layout.patches().join("liburing"), liburing.len(), &[])?;
+        }
+        Ok(())
+    })
+}
+
+/// The list every mail of a series must be addressed to.
+const LIST: &str = "io-uring@vger.kernel.org";
+const NETDEV: &str = "netdev@vger.kernel.org";
+
+/// `git send-email --dry-run` over the cover letter and the patches of
+/// `dir`: every mail must parse, be addressed to the io-uring list in its
+/// own headers (and Cc `cc`), and be numbered `n/total`.
+fn mail_ready(dir: &Path, total: usize, cc: &[&str]) -> Result<()> {
+    let mut mails: Vec<PathBuf> = fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "patch"))
+        .collect();
+    mails.sort();
+    if mails.len() != total + 1 {
+        bail!(
+            "{}: {} .patch files, expected a cover letter and {total} patches",
+            dir.display(),
+            mails.len()
+        );
+    }
+    for (n, mail) in mails.iter().enumerate() {
+        let text = fs::read_to_string(mail)?;
+        let headers = text.split("\n\n").next().unwrap_or_default();
+        let name = mail.file_name().unwrap_or_default().to_string_lossy();
+        if !headers
+            .lines()
+            .any(|l| l.starts_with("To: ") && l.contains(LIST))
+        {
+            bail!("{name}: no 'To: {LIST}' header (format-patch --to)");
+        }
+        for addr in cc {
+            if !headers
+                .lines()
+                .any(|l| l.starts_with("Cc: ") && l.contains(addr))
+            {
+                bail!("{name}: no 'Cc: {addr}' header (format-patch --cc)");
+            }
+        }
+        let numbered = format!("{n}/{total}]");
+        if !headers.contains(&numbered) {
+            bail!("{name}: the subject is not numbered {numbered}");
+        }
+    }
+    let sh = Shell::new()?;
+    let files = &mails;
+    let out = cmd!(
+        sh,
+        "git send-email --dry-run --confirm=never --suppress-cc=all --smtp-server=/bin/true {files...}"
+    )
+    .quiet()
+    .ignore_stderr()
+    .read()
+    .with_context(|| format!("git send-email --dry-run failed on {}", dir.display()))?;
+    let sent = out.lines().filter(|l| l.starts_with("Dry-OK")).count();
+    if sent != mails.len() {
+        bail!(
+            "git send-email --dry-run sent {sent} of {} mails from {}",
+            mails.len(),
+            dir.display()
+        );
+    }
+    eprintln!("  {}: {sent} mails ready, To: {LIST}", dir.display());
+    Ok(())
 }
 
 /// The kernel objects of the C files the series changes, from the patches'

@@ -38,6 +38,8 @@ const REQUIREMENTS: &[(Probe, &str)] = &[
     (Probe::File("/usr/include/openssl/ssl.h"), "libssl-dev"),
     (Probe::Command("qemu-system-x86_64"), "qemu-system-x86"),
     (Probe::Command("busybox"), "busybox-static"),
+    // check-patches: `git send-email --dry-run` on the mail-ready series.
+    (Probe::File("/usr/lib/git-core/git-send-email"), "git-email"),
     // The guest runs on the host's root filesystem: its tools are these.
     (Probe::Command("ip"), "iproute2"),
     (Probe::Command("ethtool"), "ethtool"),
