@@ -1,9 +1,10 @@
 //! Generated requests against the patched kernel (proptest).
 //!
-//! Each case is a whole request: up to 32 iovecs (shrinking toward few),
-//! lengths from 0 and 1 byte up to 512 KiB, unaligned and page-crossing
-//! offsets, each iovec COPY, USER or FIXED from one of four registered
-//! buffers of different sizes (hugetlb-, memfd- and anonymous-backed), sent with SENDMSG_ZC or vectorized SEND_ZC,
+//! Each case is a whole request: 1 to 1024 iovecs over TCP, a few over UDP
+//! (shrinking toward few), lengths from 0 and 1 byte up to 512 KiB,
+//! unaligned and page-crossing offsets, each iovec COPY, USER or FIXED
+//! from one of four registered buffers of different sizes (hugetlb-,
+//! memfd- and anonymous-backed), sent with SENDMSG_ZC or vectorized SEND_ZC,
 //! over IPv4 or IPv6, on a default, DEFER_TASKRUN or SQPOLL ring, issued
 //! inline, with IOSQE_ASYNC or with POLL_FIRST. Properties:
 //!
@@ -13,7 +14,9 @@
 //!    same user_data, never before the result, and nothing else;
 //! 3. COPY memory overwritten right after the result CQE does not change
 //!    what the (not yet reading) receiver gets;
-//! 4. garbage in the attribute array gives -EINVAL, nothing on the wire,
+//! 4. with MSG_DONTWAIT and a small send buffer the result is a prefix
+//!    length and exactly that prefix arrives; with MSG_WAITALL, all of it;
+//! 5. garbage in the attribute array gives -EINVAL, nothing on the wire,
 //!    and the protocol still holds.
 //!
 //! `PROPTEST_CASES` overrides the number of cases of every property.
@@ -119,11 +122,16 @@ fn segment(max: usize) -> impl Strategy<Value = Seg> {
     ]
 }
 
-/// TCP: up to 64 iovecs and 512 KiB per iovec. UDP: one datagram within
-/// MAX_SKB_FRAGS bvecs: a few iovecs of at most two pages each.
+/// TCP: mostly up to 32 iovecs of up to 512 KiB, now and then up to
+/// UIO_MAXIOV (1024) short ones. UDP: one datagram within MAX_SKB_FRAGS
+/// bvecs: a few iovecs of at most two pages each.
 fn segments(transport: Transport) -> BoxedStrategy<Vec<Seg>> {
     match transport {
-        Transport::Tcp => prop::collection::vec(segment(512 * 1024), 1..=32).boxed(),
+        Transport::Tcp => prop_oneof![
+            9 => prop::collection::vec(segment(512 * 1024), 1..=32),
+            1 => prop::collection::vec(segment(64), 33..=1024),
+        ]
+        .boxed(),
         _ => prop::collection::vec(segment(2000), 1..=6).boxed(),
     }
 }
@@ -440,4 +448,70 @@ fn garbage_attributes_are_einval_and_send_nothing() {
         })
         .unwrap();
     record_cases("garbage_attributes_are_einval_and_send_nothing", ran.get());
+}
+
+/// Property 4: with MSG_DONTWAIT and a 4 KiB send buffer a request may
+/// send part of its bytes: the result is a prefix length and exactly that
+/// prefix arrives, nothing after it. With MSG_WAITALL (blocking, the
+/// receiver reading as the bytes come) the result is the whole length.
+#[test]
+fn partial_sends_send_exactly_the_prefix() {
+    require_feature();
+    let ring = RefCell::new(Ring::new(8).unwrap());
+    let bufs = RegBufs::register(&ring.borrow(), &BUF_SIZES).unwrap();
+    let strategy = (
+        op(),
+        family(),
+        any::<bool>(),
+        prop::collection::vec(segment(256 * 1024), 1..=16),
+    )
+        .prop_filter("COPY cap", |(_, _, _, segs)| within_copy_cap(segs));
+    let ran = Cell::new(0);
+    runner(100)
+        .run(&strategy, |(op, family, waitall, segs)| {
+            ran.set(ran.get() + 1);
+            let fail = |e: std::io::Error| TestCaseError::fail(e.to_string());
+            let Peer::Tcp(mut pair) = Peer::new(Transport::Tcp, family).map_err(fail)? else {
+                unreachable!("a TCP peer")
+            };
+            nix::sys::socket::setsockopt(&pair.tx, nix::sys::socket::sockopt::SndBuf, &4096)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let req = Request::new(segs, &bufs);
+            let mut sqe = req.sqe(op, std::os::fd::AsRawFd::as_raw_fd(&pair.tx));
+            sqe.msg_flags |= if waitall {
+                libc::MSG_WAITALL
+            } else {
+                libc::MSG_DONTWAIT
+            } as u32;
+            let reader = waitall.then(|| pair.receive_in_background(req.len()));
+            let entry = sqe.user_data(4).into_entry();
+            let ring = &mut *ring.borrow_mut();
+            // SAFETY: req outlives the reap below.
+            unsafe { ring.push(&entry) }.map_err(fail)?;
+            let cqes = ring.reap_zc(4).map_err(fail)?;
+            let done = zc_completion(&cqes, 4).map_err(TestCaseError::fail)?;
+            let sent = done.result.res;
+            prop_assert!(
+                sent >= 0 && sent as usize <= req.len(),
+                "result {sent} for a request of {} bytes",
+                req.len()
+            );
+            let sent = sent as usize;
+            if let Some(reader) = reader {
+                prop_assert_eq!(sent, req.len(), "MSG_WAITALL sent a part");
+                let got = reader.join().expect("reader thread").map_err(fail)?;
+                prop_assert!(got == req.expected(), "bytes differ");
+            } else {
+                let got = pair.receive(sent).map_err(fail)?;
+                prop_assert!(got == req.expected()[..sent], "prefix differs");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                prop_assert!(
+                    !pair.pending().map_err(fail)?,
+                    "more than the reported prefix arrived"
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+    record_cases("partial_sends_send_exactly_the_prefix", ran.get());
 }
