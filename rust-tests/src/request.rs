@@ -88,6 +88,18 @@ impl MmapBuf {
         ))
     }
 
+    /// Keeps transparent huge pages out of the mapping (call it before the
+    /// first touch): registration turns huge folios into larger bvecs, so
+    /// buffers that THP backs unevenly cost differently to send.
+    pub fn no_huge_pages(&self) -> io::Result<()> {
+        // SAFETY: advice on our own mapping; no memory is read or written.
+        let rc = unsafe { libc::madvise(self.ptr.cast(), self.len, libc::MADV_NOHUGEPAGE) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the mapping is `len` bytes, readable, and lives as long as self.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }

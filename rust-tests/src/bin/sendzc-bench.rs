@@ -309,8 +309,14 @@ fn main() -> Result<(), String> {
     };
 
     let mut ring = Ring::new(256).map_err(|e| e.to_string())?;
+    // Same backing for every buffer: 4 KiB pages (THP is "always" in the
+    // bench config and would back some buffers, or parts, with huge folios).
     let bufs: Vec<MmapBuf> = (0..BUFFERS)
-        .map(|_| MmapBuf::new(PAYLOAD_AREA + HEADER_AREA))
+        .map(|_| {
+            let buf = MmapBuf::new(PAYLOAD_AREA + HEADER_AREA)?;
+            buf.no_huge_pages()?;
+            Ok(buf)
+        })
         .collect::<std::io::Result<_>>()
         .map_err(|e| e.to_string())?;
     let bufs = RegBufs::register_bufs(&ring, bufs).map_err(|e| e.to_string())?;
