@@ -74,14 +74,32 @@ pub fn kernel(layout: &Layout, options: &Options, phases: &mut Phases) -> Result
             (src, "series".to_string(), !patches.is_empty())
         }
     };
-    let build = layout.build_dir(&tree, profile);
-    phases.run("config", || {
+    build_tree(layout, phases, src, &tree, profile, expect_feature)
+}
+
+/// config and build of `src` in the build tree of `tree` ("series", "base"
+/// or a custom tree's id); the phases of trees other than the series say
+/// which tree they are for.
+fn build_tree(
+    layout: &Layout,
+    phases: &mut Phases,
+    src: PathBuf,
+    tree: &str,
+    profile: Profile,
+    expect_feature: bool,
+) -> Result<Kernel> {
+    let build = layout.build_dir(tree, profile);
+    let phase = |step: &str| match tree {
+        "series" => step.to_string(),
+        _ => format!("{tree} {step}"),
+    };
+    phases.run(&phase("config"), || {
         kernel::configure(layout, &src, &build, profile)
     })?;
     let log = layout
         .vm_out()
-        .join(format!("kernel-build-{}.log", profile.name()));
-    phases.run("build", || {
+        .join(format!("kernel-build-{tree}-{}.log", profile.name()));
+    phases.run(&phase("build"), || {
         kernel::make(layout, &src, &build, &["bzImage", "headers_install"], &log)
     })?;
     Ok(Kernel {
@@ -481,22 +499,7 @@ fn liburing_on_base(
     let src = phases.run("source", || source::ensure(layout, &base))?;
     // The same tree at `base`: objects ccache saw for the series hit again.
     phases.run("base tree", || kernel::apply_series(&src, &[]))?;
-    let build = layout.build_dir("base", profile);
-    phases.run("base config", || {
-        kernel::configure(layout, &src, &build, profile)
-    })?;
-    let log = layout
-        .vm_out()
-        .join(format!("kernel-build-base-{}.log", profile.name()));
-    phases.run("base build", || {
-        kernel::make(layout, &src, &build, &["bzImage"], &log)
-    })?;
-    let kernel = Kernel {
-        bzimage: build.join("arch/x86/boot/bzImage"),
-        src,
-        build,
-        expect_feature: false,
-    };
+    let kernel = build_tree(layout, phases, src, "base", profile, false)?;
     let tree = phases.run("liburing build (released)", || {
         liburing::build(layout, liburing::Flavour::Released)
     })?;
