@@ -134,35 +134,36 @@ impl PrivateApt {
 
     /// Downloads `package=version` into `dl/`; returns the .deb's path.
     pub fn download(&self, sh: &Shell, package: &str, version: &str) -> Result<PathBuf> {
-        let dl = self.dir.join("dl");
-        let opts = self.options();
-        let spec = format!("{package}={version}");
-        let _cd = sh.push_dir(&dl);
-        cmd!(sh, "apt-get {opts...} download {spec}")
-            .run()
-            .with_context(|| {
-                format!(
-                    "cannot download {spec}: the archive may have moved on; \
-                     rebase the series and update kernel-patches/BASE"
-                )
-            })?;
+        let dl = self.fetch(sh, "dl", &["download"], package, version)?;
         find_deb(&dl, package, version)
     }
 
     /// Downloads the source package `package=version` (.dsc, orig tarball,
     /// Debian tarball) into `src/`; returns that directory.
     pub fn download_source(&self, sh: &Shell, package: &str, version: &str) -> Result<PathBuf> {
-        let dir = self.dir.join("src");
+        self.fetch(sh, "src", &["source", "--download-only"], package, version)
+    }
+
+    /// `apt-get VERB... package=version` in the cache's `subdir`.
+    fn fetch(
+        &self,
+        sh: &Shell,
+        subdir: &str,
+        verb: &[&str],
+        package: &str,
+        version: &str,
+    ) -> Result<PathBuf> {
+        let dir = self.dir.join(subdir);
         fs::create_dir_all(&dir)?;
         let opts = self.options();
         let spec = format!("{package}={version}");
         let _cd = sh.push_dir(&dir);
-        cmd!(sh, "apt-get {opts...} source --download-only {spec}")
+        cmd!(sh, "apt-get {opts...} {verb...} {spec}")
             .run()
             .with_context(|| {
                 format!(
-                    "cannot download the source package {spec}: the archive may \
-                     have moved on; update the BASE file that names it"
+                    "cannot download {spec}: the archive may have moved on; \
+                     update the BASE file that names it (and rebase what applies to it)"
                 )
             })?;
         Ok(dir)

@@ -275,6 +275,46 @@ fn guest_out(layout: &Layout, label: &str) -> PathBuf {
     layout.vm_out().join(label)
 }
 
+/// [`guest_out`], emptied of an earlier run's files.
+fn fresh_guest_out(layout: &Layout, label: &str) -> Result<PathBuf> {
+    let out = guest_out(layout, label);
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out)?;
+    Ok(out)
+}
+
+/// Boots `kernel` to run liburing's `tests` (all when `None`) from `tree`
+/// and nothing else; returns the guest run and the tests' verdicts.
+#[allow(clippy::too_many_arguments)]
+fn liburing_guest(
+    layout: &Layout,
+    options: &Options,
+    phases: &mut Phases,
+    label: &str,
+    kernel: &Kernel,
+    tree: &Path,
+    flavour: liburing::Flavour,
+    tests: Option<&[String]>,
+    limits: &[liburing::Limits],
+) -> Result<(GuestRun, liburing::Results)> {
+    let out = fresh_guest_out(layout, label)?;
+    let suites = liburing::stage(tree, &out, flavour, tests, limits)?;
+    let run = boot_guest(
+        layout,
+        options,
+        phases,
+        &GuestPlan {
+            label,
+            kernel,
+            binaries: &[],
+            peers: &suites,
+        },
+    )?;
+    run.require_status()?;
+    let results = liburing::results_of(&run.out, &suites)?;
+    Ok((run, results))
+}
+
 /// Boots `plan.kernel` and runs the plan in it through guest-run.sh; boots
 /// once more if the kernel reported a problem before the tests started.
 fn boot_guest(
@@ -503,30 +543,17 @@ fn liburing_on_base(
     let tree = phases.run("liburing build (released)", || {
         liburing::build(layout, liburing::Flavour::Released)
     })?;
-    let label = "base";
-    let out = guest_out(layout, label);
-    let _ = fs::remove_dir_all(&out);
-    fs::create_dir_all(&out)?;
-    let suites = liburing::stage(
+    let (run, results) = liburing_guest(
+        layout,
+        options,
+        phases,
+        "base",
+        &kernel,
         &tree,
-        &out,
         liburing::Flavour::Released,
         tests,
         &selection.limits,
     )?;
-    let run = boot_guest(
-        layout,
-        options,
-        phases,
-        &GuestPlan {
-            label,
-            kernel: &kernel,
-            binaries: &[],
-            peers: &suites,
-        },
-    )?;
-    run.require_status()?;
-    let results = liburing::results_of(&run.out, &suites)?;
     if results.is_empty() {
         bail!(
             "liburing's runtests.sh reported no test on the base kernel; see {}",
@@ -612,26 +639,20 @@ fn liburing_again(
         tests.len(),
         tests.join(" ")
     );
-    let label = "again";
-    let out = guest_out(layout, label);
-    let _ = fs::remove_dir_all(&out);
-    fs::create_dir_all(&out)?;
     let tree = liburing::build(layout, liburing::Flavour::Patched)?;
-    let suites = liburing::stage(&tree, &out, liburing::Flavour::Patched, Some(tests), limits)?;
-    let run = boot_guest(
+    let (run, results) = liburing_guest(
         layout,
         options,
         phases,
-        &GuestPlan {
-            label,
-            kernel,
-            binaries: &[],
-            peers: &suites,
-        },
+        "again",
+        kernel,
+        &tree,
+        liburing::Flavour::Patched,
+        Some(tests),
+        limits,
     )?;
-    run.require_status()?;
     vm::check_kernel_logs(&run.out)?;
-    liburing::results_of(&run.out, &suites)
+    Ok(results)
 }
 
 /// The whole pipeline: liburing on the base kernel (cached), the patched
@@ -644,9 +665,7 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Ta
     phases.run("check-uapi", || check_uapi(layout, &kernel))?;
     let binaries = phases.run("test build", || build_test_binaries(layout))?;
     let label = "run";
-    let out = guest_out(layout, label);
-    let _ = fs::remove_dir_all(&out);
-    fs::create_dir_all(&out)?;
+    let out = fresh_guest_out(layout, label)?;
     let peer_suites = phases.run("peer build", || {
         let selftest = peers::kernel_zerocopy_selftest(layout, &kernel.src, &kernel.build)?;
         let tree = liburing::build(layout, liburing::Flavour::Patched)?;
