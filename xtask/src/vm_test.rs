@@ -283,8 +283,9 @@ fn fresh_guest_out(layout: &Layout, label: &str) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Boots `kernel` to run liburing's `tests` (all when `None`) from `tree`
-/// and nothing else; returns the guest run and the tests' verdicts.
+/// Boots `kernel` to run liburing's `tests` (all when `None`) from the
+/// `flavour` build, and nothing else; returns the guest run and the tests'
+/// verdicts.
 #[allow(clippy::too_many_arguments)]
 fn liburing_guest(
     layout: &Layout,
@@ -292,13 +293,13 @@ fn liburing_guest(
     phases: &mut Phases,
     label: &str,
     kernel: &Kernel,
-    tree: &Path,
     flavour: liburing::Flavour,
     tests: Option<&[String]>,
     limits: &[liburing::Limits],
 ) -> Result<(GuestRun, liburing::Results)> {
+    let tree = liburing::build(layout, flavour)?;
     let out = fresh_guest_out(layout, label)?;
-    let suites = liburing::stage(tree, &out, flavour, tests, limits)?;
+    let suites = liburing::stage(&tree, &out, flavour, tests, limits)?;
     let run = boot_guest(
         layout,
         options,
@@ -545,16 +546,12 @@ fn liburing_on_base(
     let key = liburing_base_key(layout, profile, tests)?;
     eprintln!("  no cached liburing results for the base kernel ({key}): running them");
     let kernel = base_kernel(layout, phases, profile)?;
-    let tree = phases.run("liburing build (released)", || {
-        liburing::build(layout, liburing::Flavour::Released)
-    })?;
     let (run, results) = liburing_guest(
         layout,
         options,
         phases,
         "base",
         &kernel,
-        &tree,
         liburing::Flavour::Released,
         tests,
         &selection.limits,
@@ -663,14 +660,12 @@ fn liburing_again(
         tests.len(),
         tests.join(" ")
     );
-    let tree = liburing::build(layout, liburing::Flavour::Patched)?;
     let (run, results) = liburing_guest(
         layout,
         options,
         phases,
         "again",
         kernel,
-        &tree,
         liburing::Flavour::Patched,
         Some(tests),
         limits,
@@ -697,14 +692,12 @@ fn liburing_base_again(
     );
     let profile = options.profile.unwrap_or(Profile::Debug);
     let kernel = base_kernel(layout, phases, profile)?;
-    let tree = liburing::build(layout, liburing::Flavour::Released)?;
     let (_, results) = liburing_guest(
         layout,
         options,
         phases,
         "base-again",
         &kernel,
-        &tree,
         liburing::Flavour::Released,
         Some(tests),
         limits,
