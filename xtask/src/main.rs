@@ -128,6 +128,18 @@ fn run(args: &[String]) -> Result<()> {
     };
     let layout = Layout::detect()?;
     let mut phases = Phases::default();
+    // Whatever builds or boots needs host tools: install them before any
+    // other phase, so that a fresh machine fails nowhere for the lack of one.
+    let needs_host_tools = matches!(
+        command.as_str(),
+        "vm-test" | "ci" | "kernel" | "check-patches" | "check-uapi" | "bench" | "setup"
+    );
+    if needs_host_tools {
+        if let Err(err) = phases.run("setup", || setup::ensure(&layout)) {
+            phases.summary();
+            return Err(err);
+        }
+    }
     // Commands that run tests return their totals, printed last for CI.
     let result = match command.as_str() {
         "vm-test" => vm_test::run(&layout, &parse_options(rest)?, &mut phases).map(Some),
@@ -145,9 +157,7 @@ fn run(args: &[String]) -> Result<()> {
         "host" => phases
             .run("host checks", || checks::host_checks(&layout))
             .map(Some),
-        "setup" => phases
-            .run("setup", || setup::ensure(&layout))
-            .map(|()| None),
+        "setup" => Ok(None),
         "help" | "--help" | "-h" => {
             eprint!("{USAGE}");
             return Ok(());

@@ -150,17 +150,20 @@ impl Boot<'_> {
 /// KVM if /dev/kvm works with this QEMU, found by one short probe boot whose
 /// result is kept in the cache (nested KVM here can hang in early boot).
 pub fn choose_accel(layout: &Layout, kernel: &Path, forced: Option<Accel>) -> Result<Accel> {
-    if let Some(accel) = forced {
-        return Ok(accel);
-    }
-    if fs::OpenOptions::new()
+    let kvm = fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        eprintln!("  /dev/kvm not usable: TCG");
-        return Ok(Accel::Tcg);
+        .open("/dev/kvm");
+    match (forced, kvm) {
+        (Some(Accel::Kvm), Err(e)) => {
+            bail!("--accel kvm: /dev/kvm is not usable here ({e}); use --accel tcg, or leave --accel out")
+        }
+        (Some(accel), _) => return Ok(accel),
+        (None, Err(_)) => {
+            eprintln!("  /dev/kvm not usable: TCG");
+            return Ok(Accel::Tcg);
+        }
+        (None, Ok(_)) => {}
     }
     let sh = Shell::new()?;
     let qemu = cmd!(sh, "qemu-system-x86_64 --version").quiet().read()?;
