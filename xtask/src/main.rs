@@ -7,10 +7,12 @@
 //! bench          the benchmark of issue 6 on the bench kernel
 //! ci             host checks (fmt, clippy, unit tests), check-patches, vm-test
 //! setup          install the host packages and virtme-ng
+//! fresh-check    the two README commands in a clean Debian 12 chroot
 //! kernel         fetch, patch, configure and build only
 
 mod bench;
 mod checks;
+mod fresh;
 mod kernel;
 mod layout;
 mod liburing;
@@ -42,6 +44,7 @@ commands:
   bench [--quick]  bench kernel, sendzc-bench in the guest: table, targets, plot
   kernel         fetch, patch, configure and build the kernel only
   setup          install missing host packages and virtme-ng
+  fresh-check    run vm-test and ci in a new Debian 12 chroot, empty cache
 
 options (vm-test, kernel, ci):
   --profile debug|bench  config fragment on top of qemu/vm.config (default: debug)
@@ -158,6 +161,7 @@ fn run(args: &[String]) -> Result<()> {
             .run("host checks", || checks::host_checks(&layout))
             .map(Some),
         "setup" => Ok(None),
+        "fresh-check" => fresh::run(&layout, &mut phases).map(|()| None),
         "help" | "--help" | "-h" => {
             eprint!("{USAGE}");
             return Ok(());

@@ -269,6 +269,7 @@ mod tests {
         ("{pip}", "the venv setup creates"),
         ("{vng}", "virtme-ng in that venv"),
         ("./configure", "liburing's own configure script"),
+        ("mmdebstrap", "fresh-check installs it for itself"),
     ];
 
     /// The program names of `cmd!(sh, "PROGRAM ...")` and
