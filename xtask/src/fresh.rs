@@ -103,6 +103,7 @@ fn unmount_leftovers(sh: &Shell, rootfs: &Path) -> Result<()> {
 fn make_rootfs(sh: &Shell, rootfs: &Path) -> Result<()> {
     unmount_leftovers(sh, rootfs)?;
     let _ = fs::remove_dir_all(rootfs);
+    fs::create_dir_all(rootfs)?;
     let sources = apt_sources()?;
     let hook =
         "mkdir -p \"$1/etc/apt/apt.conf.d\" && cp /etc/apt/apt.conf.d/* \"$1/etc/apt/apt.conf.d/\"";
