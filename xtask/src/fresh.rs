@@ -1,8 +1,8 @@
 //! `cargo xtask fresh-check`: the two README commands on a fresh machine.
 //!
 //! A new Debian 12 root filesystem (mmdebstrap, minbase, plus only what
-//! README lists as prerequisites), this machine's apt settings and DNS
-//! copied in, the Rust toolchain, `/proc`, `/sys`, `/dev` and a clone of
+//! README lists as prerequisites), this machine's apt, pip and DNS
+//! settings and its extra certificate authorities copied in, the Rust toolchain, `/proc`, `/sys`, `/dev` and a clone of
 //! the repository's HEAD bind-mounted, and nothing else: inside it the
 //! commands of README's "Two commands" block run one after the other with
 //! an empty cache, as a new user would type them. What the working machine
@@ -113,9 +113,52 @@ fn make_rootfs(sh: &Shell, rootfs: &Path) -> Result<()> {
     )
     .run()
     .context("mmdebstrap could not build a Debian 12 root filesystem")?;
+    carry_machine_settings(sh, rootfs)
+}
+
+/// What any machine of this kind has besides its packages, and a fresh
+/// one would have too: DNS, pip's settings, and the certificate
+/// authorities the registries' TLS is signed by that Debian does not ship.
+fn carry_machine_settings(sh: &Shell, rootfs: &Path) -> Result<()> {
     fs::copy("/etc/resolv.conf", rootfs.join("etc/resolv.conf"))
         .context("copying /etc/resolv.conf into the chroot")?;
+    if Path::new("/etc/pip.conf").is_file() {
+        fs::copy("/etc/pip.conf", rootfs.join("etc/pip.conf"))?;
+    }
+    let bundle = "etc/ssl/certs/ca-certificates.crt";
+    let host = fs::read_to_string(Path::new("/").join(bundle)).unwrap_or_default();
+    let debian = fs::read_to_string(rootfs.join(bundle)).unwrap_or_default();
+    let extra = certificates_not_in(&host, &debian);
+    if !extra.is_empty() {
+        let dir = rootfs.join("usr/local/share/ca-certificates");
+        fs::create_dir_all(&dir)?;
+        for (n, cert) in extra.iter().enumerate() {
+            fs::write(dir.join(format!("this-machine-{n}.crt")), cert)?;
+        }
+        cmd!(sh, "chroot {rootfs} update-ca-certificates")
+            .quiet()
+            .ignore_stdout()
+            .run()?;
+        eprintln!(
+            "  {} certificate authorities of this machine carried over",
+            extra.len()
+        );
+    }
     Ok(())
+}
+
+/// The PEM certificates of `bundle` that `other` does not hold.
+fn certificates_not_in(bundle: &str, other: &str) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    bundle
+        .split_inclusive(END)
+        .filter_map(|chunk| {
+            let start = chunk.find("-----BEGIN CERTIFICATE-----")?;
+            chunk.ends_with(END).then(|| &chunk[start..])
+        })
+        .filter(|cert| !other.contains(cert))
+        .map(|cert| format!("{cert}\n"))
+        .collect()
 }
 
 /// A fresh clone of the repository's HEAD (only commits travel).
@@ -257,6 +300,18 @@ mod tests {
             readme_commands(readme),
             ["cargo xtask vm-test", "cargo xtask ci"]
         );
+    }
+
+    #[test]
+    fn finds_the_certificates_another_bundle_lacks() {
+        let a = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n";
+        let b = "# b\n-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n";
+        let bundle = format!("{a}{b}");
+        assert_eq!(
+            certificates_not_in(&bundle, a),
+            ["-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n"]
+        );
+        assert!(certificates_not_in(a, &bundle).is_empty());
     }
 
     #[test]
