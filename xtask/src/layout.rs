@@ -31,6 +31,15 @@ impl Profile {
     }
 }
 
+/// A short stable name for cache entries (FNV-1a, as hex): the same across
+/// runs and Rust versions, unlike DefaultHasher.
+pub fn stable_hash(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    });
+    format!("{hash:016x}")
+}
+
 pub struct Layout {
     /// The repository checkout.
     pub root: PathBuf,

@@ -12,27 +12,25 @@
 
 mod bench;
 mod checks;
+mod ci;
 mod fresh;
+mod guest;
 mod kernel;
 mod layout;
-mod liburing;
-mod peers;
+mod options;
 mod phase;
+mod report;
 mod setup;
 mod source;
-mod vm;
+mod suites;
 mod vm_test;
 
-use std::path::PathBuf;
-use std::time::Duration;
+use anyhow::{bail, Result};
 
-use anyhow::{bail, Context, Result};
-
-use layout::{Layout, Profile};
+use layout::Layout;
 use phase::Phases;
-use vm::Accel;
 
-const USAGE: &str = "\
+pub const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
@@ -60,70 +58,6 @@ environment:
   SENDZC_CACHE           cache directory (default: $XDG_CACHE_HOME/sendzc-iov)
 ";
 
-/// Which of liburing's tests vm-test runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LiburingScope {
-    /// qemu/liburing-tests.txt: the tests of the paths the series touches.
-    #[default]
-    Selection,
-    /// Every test program (over an hour per kernel under TCG with KASAN).
-    All,
-}
-
-/// Options shared by the commands that build and boot a kernel.
-#[derive(Default)]
-pub struct Options {
-    pub liburing: LiburingScope,
-    pub profile: Option<Profile>,
-    pub kernel_src: Option<PathBuf>,
-    pub accel: Option<Accel>,
-    pub timeout: Option<Duration>,
-    pub test_args: Vec<String>,
-}
-
-fn parse_options(args: &[String]) -> Result<Options> {
-    let mut options = Options::default();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .with_context(|| format!("{name} needs a value"))
-        };
-        match arg.as_str() {
-            "--liburing" => {
-                options.liburing = match value("--liburing")?.as_str() {
-                    "selection" => LiburingScope::Selection,
-                    "all" => LiburingScope::All,
-                    other => bail!("--liburing takes selection or all, not '{other}'"),
-                }
-            }
-            "--profile" => options.profile = Some(Profile::parse(&value("--profile")?)?),
-            "--kernel-src" => options.kernel_src = Some(PathBuf::from(value("--kernel-src")?)),
-            "--accel" => {
-                options.accel = Some(match value("--accel")?.as_str() {
-                    "kvm" => Accel::Kvm,
-                    "tcg" => Accel::Tcg,
-                    other => bail!("--accel takes kvm or tcg, not '{other}'"),
-                })
-            }
-            "--timeout" => {
-                let secs = value("--timeout")?;
-                let secs: u64 = secs
-                    .parse()
-                    .with_context(|| format!("--timeout takes seconds, not '{secs}'"))?;
-                options.timeout = Some(Duration::from_secs(secs));
-            }
-            "--" => {
-                options.test_args = it.cloned().collect();
-                break;
-            }
-            other => bail!("unknown option '{other}'\n{USAGE}"),
-        }
-    }
-    Ok(options)
-}
-
 fn run(args: &[String]) -> Result<()> {
     let Some((command, rest)) = args.split_first() else {
         eprint!("{USAGE}");
@@ -145,17 +79,17 @@ fn run(args: &[String]) -> Result<()> {
     }
     // Commands that run tests return their totals, printed last for CI.
     let result = match command.as_str() {
-        "vm-test" => vm_test::run(&layout, &parse_options(rest)?, &mut phases).map(Some),
-        "ci" => checks::ci(&layout, &parse_options(rest)?, &mut phases).map(Some),
-        "kernel" => vm_test::kernel(&layout, &parse_options(rest)?, &mut phases).map(|_| None),
+        "vm-test" => vm_test::run(&layout, &options::parse(rest)?, &mut phases).map(Some),
+        "ci" => ci::run(&layout, &options::parse(rest)?, &mut phases).map(Some),
+        "kernel" => kernel::build(&layout, &options::parse(rest)?, &mut phases).map(|_| None),
         "check-patches" => checks::check_patches(&layout, &mut phases).map(|()| None),
-        "check-uapi" => vm_test::kernel(&layout, &parse_options(rest)?, &mut phases)
-            .and_then(|kernel| phases.run("check-uapi", || vm_test::check_uapi(&layout, &kernel)))
+        "check-uapi" => kernel::build(&layout, &options::parse(rest)?, &mut phases)
+            .and_then(|kernel| phases.run("check-uapi", || checks::check_uapi(&layout, &kernel)))
             .map(|()| None),
         "bench" => {
             let quick = rest.first().is_some_and(|a| a == "--quick");
             let rest = if quick { &rest[1..] } else { rest };
-            bench::run(&layout, &parse_options(rest)?, &mut phases, quick).map(|()| None)
+            bench::run(&layout, &options::parse(rest)?, &mut phases, quick).map(|()| None)
         }
         "host" => phases
             .run("host checks", || checks::host_checks(&layout))

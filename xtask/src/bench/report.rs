@@ -1,134 +1,14 @@
-//! `cargo xtask bench`: the bench kernel (qemu/bench.config), the
-//! sendzc-bench binary in the guest, and the table, targets and plot.
-//!
-//! Transports: UDP through a dummy device in a private namespace, and TCP
-//! over virtio-net to a sink on the host, so that zero-copy is real on both
-//! (no local delivery). For TCP, QEMU and the sink run in a network
-//! namespace of their own on the host, joined by a tap device opened with
-//! vnet_hdr: the guest's NIC then offers checksum offload and
-//! scatter-gather, without which TCP copies every zero-copy send. QEMU runs with
-//! `-icount shift=0`: guest clocks advance one nanosecond per guest
-//! instruction, so every time below counts guest instructions under TCG
-//! emulation, not host time.
+//! The benchmark's CSV rows as medians per cell: the table, the targets
+//! met or missed, and the plot.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Read;
-use std::net::TcpListener;
 use std::path::Path;
-use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use xshell::{cmd, Shell};
+use anyhow::{bail, Result};
 
-use crate::layout::{Layout, Profile};
-use crate::phase::Phases;
-use crate::vm::{Accel, Boot};
-use crate::{vm_test, Options};
-
-/// What every number is: said next to each of them.
-const UNIT_NOTE: &str =
-    "guest instructions under QEMU TCG -icount shift=0 (1 ns = 1 instruction), not host time";
-
-/// The host side of the guest's TCP path: a network namespace holding a
-/// tap device, addresses from 198.18.0.0/15 (reserved for benchmarks), so
-/// nothing outside the namespace sees the traffic. Deleted on drop.
-struct TapNet {
-    netns: String,
-}
-
-const TAP: &str = "sztap0";
-const HOST_ADDR: &str = "198.18.1.1";
-const GUEST_ADDR: &str = "198.18.1.2";
-
-impl TapNet {
-    fn create() -> Result<TapNet> {
-        let sh = Shell::new()?;
-        let netns = format!("sendzc-bench-{}", std::process::id());
-        cmd!(sh, "ip netns add {netns}")
-            .run()
-            .context("cannot create a network namespace (needs root)")?;
-        let net = TapNet { netns };
-        let ns = &net.netns;
-        let host = format!("{HOST_ADDR}/24");
-        cmd!(sh, "ip -n {ns} link set lo up").run()?;
-        cmd!(sh, "ip -n {ns} tuntap add dev {TAP} mode tap vnet_hdr")
-            .run()
-            .context("cannot create the tap device (is /dev/net/tun there?)")?;
-        cmd!(sh, "ip -n {ns} addr add {host} dev {TAP}").run()?;
-        cmd!(sh, "ip -n {ns} link set {TAP} up").run()?;
-        Ok(net)
-    }
-
-    /// QEMU options: virtio-net on the tap, with vnet_hdr offloads.
-    fn qemu_opts(&self) -> String {
-        format!(
-            "-netdev tap,id=bench0,ifname={TAP},script=no,downscript=no,vnet_hdr=on \
-             -device virtio-net-pci,netdev=bench0"
-        )
-    }
-
-    /// Accepts connections on the tap's address, inside the namespace, and
-    /// discards what they send; returns the port.
-    fn start_sink(&self) -> Result<u16> {
-        let path = format!("/run/netns/{}", self.netns);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let listener = enter_netns(&path).and_then(|()| {
-                TcpListener::bind((HOST_ADDR, 0)).context("binding the sink in the namespace")
-            });
-            let listener = match listener {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            let _ = tx.send(listener.local_addr().map(|a| a.port()).map_err(Into::into));
-            for conn in listener.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let mut conn = conn;
-                    let mut buf = vec![0u8; 1 << 20];
-                    while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
-                });
-            }
-        });
-        rx.recv().context("the sink thread died")?
-    }
-}
-
-impl Drop for TapNet {
-    fn drop(&mut self) {
-        if let Ok(sh) = Shell::new() {
-            let ns = &self.netns;
-            let _ = cmd!(sh, "ip netns del {ns}").quiet().run();
-        }
-    }
-}
-
-/// Moves the calling thread (only it) into the namespace at `path`.
-fn enter_netns(path: &str) -> Result<()> {
-    let ns = fs::File::open(path).with_context(|| format!("opening {path}"))?;
-    // SAFETY: setns() on a valid fd we own; it changes only this thread's
-    // network namespace and touches no memory of ours.
-    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        bail!("setns({path}): {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn build_bench(layout: &Layout) -> Result<std::path::PathBuf> {
-    let sh = Shell::new()?;
-    let _cd = sh.push_dir(&layout.root);
-    cmd!(
-        sh,
-        "cargo build --release --quiet -p sendzc-iov-vm-tests --bin sendzc-bench"
-    )
-    .run()?;
-    Ok(layout.root.join("target/release/sendzc-bench"))
-}
+use super::UNIT_NOTE;
 
 /// One CSV row of sendzc-bench.
 #[derive(Debug, Clone)]
@@ -447,7 +327,7 @@ fn plot(cells: &BTreeMap<Key, Cell>) -> String {
 }
 
 /// Writes results.csv, summary.md and cpu_per_byte.svg under target/bench.
-fn report(out: &Path, csvs: &[&str]) -> Result<String> {
+pub fn report(out: &Path, csvs: &[&str]) -> Result<String> {
     let mut rows = Vec::new();
     let mut merged =
         String::from("transport,mode,payload,batch,rep,requests,bytes,wall_ns,cpu_ns,zero_copy\n");
@@ -464,69 +344,6 @@ fn report(out: &Path, csvs: &[&str]) -> Result<String> {
     fs::write(out.join("summary.md"), &summary)?;
     fs::write(out.join("cpu_per_byte.svg"), plot(&cells))?;
     Ok(summary)
-}
-
-pub fn run(layout: &Layout, options: &Options, phases: &mut Phases, quick: bool) -> Result<()> {
-    let options = Options {
-        liburing: options.liburing,
-        profile: Some(Profile::Bench),
-        kernel_src: options.kernel_src.clone(),
-        accel: options.accel,
-        timeout: options.timeout,
-        test_args: Vec::new(),
-    };
-    let kernel = vm_test::kernel(layout, &options, phases)?;
-    let bin = phases.run("bench build", || build_bench(layout))?;
-    let net = TapNet::create()?;
-    let port = net.start_sink()?;
-    let out = layout.root.join("target/bench");
-    let _ = fs::remove_dir_all(&out);
-    fs::create_dir_all(&out)?;
-    let flag = if quick { " --quick" } else { "" };
-    let (b, o) = (bin.display(), out.display());
-    // The virtio-net on the tap is the guest's only interface with a
-    // device behind it (lo and the built-in dummy0 have none).
-    let exec = format!(
-        "nic=$(basename $(dirname /sys/class/net/*/device)) && \
-         ip addr add {GUEST_ADDR}/24 dev $nic && ip link set $nic up && \
-         {b} {o}/udp.csv udp-dummy{flag} && {b} {o}/tcp.csv tcp={HOST_ADDR}:{port}{flag}; \
-         echo $? > {o}/status"
-    );
-    let outcome = phases.run("bench run", || {
-        Boot {
-            kernel: &kernel.bzimage,
-            accel: options.accel.unwrap_or(Accel::Tcg),
-            exec,
-            out_dir: &out,
-            console_log: out.join("console.log"),
-            timeout: options.timeout.unwrap_or(Duration::from_secs(5400)),
-            // One argument: vng's parser takes a separate value that starts
-            // with '-' for an option of its own.
-            vng_args: vec![format!("--qemu-opts=-icount shift=0 {}", net.qemu_opts())],
-            netns: Some(net.netns.clone()),
-        }
-        .run(layout)
-    })?;
-    match outcome.status {
-        Some(0) => {}
-        Some(code) => bail!(
-            "sendzc-bench failed ({code}); see {}",
-            out.join("console.log").display()
-        ),
-        None => bail!(
-            "the bench guest did not finish; see {}",
-            out.join("console.log").display()
-        ),
-    }
-    let udp = fs::read_to_string(out.join("udp.csv")).context("udp.csv")?;
-    let tcp = fs::read_to_string(out.join("tcp.csv")).context("tcp.csv")?;
-    let summary = report(&out, &[&udp, &tcp])?;
-    println!("{summary}");
-    eprintln!(
-        "bench: results in {} (results.csv, summary.md, cpu_per_byte.svg)",
-        out.display()
-    );
-    Ok(())
 }
 
 #[cfg(test)]

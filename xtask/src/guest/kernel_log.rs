@@ -1,0 +1,116 @@
+//! The guest's kernel log and kmemleak report: any BUG, WARNING, KASAN,
+//! lockdep or leak report fails the run.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+/// Lines of a guest's kernel log that fail a run.
+pub fn kernel_problems(log: &str) -> Vec<&str> {
+    const PATTERNS: &[&str] = &[
+        "BUG:",
+        "WARNING:",
+        "KASAN",
+        "possible circular locking",
+        "possible recursive locking",
+        "inconsistent lock state",
+        "Oops",
+        "general protection fault",
+        "Kernel panic",
+        "unreferenced object",
+        "UBSAN:",
+        "RCU stall",
+        "hung_task",
+    ];
+    log.lines()
+        .filter(|line| PATTERNS.iter().any(|p| line.contains(p)))
+        .collect()
+}
+
+/// What guest-run.sh writes to the kernel log before the first test.
+pub const TESTS_START: &str = "sendzc-guest: tests start";
+
+/// Kernel problems logged before the tests started: at boot, in code the
+/// tests never reached.
+pub fn boot_problems(out_dir: &Path) -> Vec<String> {
+    let dmesg = fs::read_to_string(out_dir.join("dmesg.txt")).unwrap_or_default();
+    problems_before_tests(&dmesg)
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Problem lines before the [`TESTS_START`] marker; none without it (then
+/// every problem counts against the run).
+fn problems_before_tests(dmesg: &str) -> Vec<&str> {
+    match dmesg.find(TESTS_START) {
+        Some(at) => kernel_problems(&dmesg[..at]),
+        None => Vec::new(),
+    }
+}
+
+/// How many problem lines dmesg and the kmemleak report of a run hold.
+pub fn problem_count(out_dir: &Path) -> usize {
+    let read = |name: &str| fs::read_to_string(out_dir.join(name)).unwrap_or_default();
+    kernel_problems(&read("dmesg.txt")).len() + kernel_problems(&read("kmemleak.txt")).len()
+}
+
+/// Fails with the offending lines when dmesg or the kmemleak report of the
+/// last guest run show a kernel problem.
+pub fn check_kernel_logs(out_dir: &Path) -> Result<()> {
+    let dmesg_path = out_dir.join("dmesg.txt");
+    let dmesg = fs::read_to_string(&dmesg_path)
+        .with_context(|| format!("the guest wrote no kernel log ({})", dmesg_path.display()))?;
+    let kmemleak = fs::read_to_string(out_dir.join("kmemleak.txt")).unwrap_or_default();
+    let mut problems = kernel_problems(&dmesg);
+    problems.extend(kernel_problems(&kmemleak));
+    eprintln!(
+        "  dmesg: {} lines, kmemleak report: {} lines, problems: {}",
+        dmesg.lines().count(),
+        kmemleak.lines().count(),
+        problems.len()
+    );
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for line in &problems {
+        eprintln!("  ! {line}");
+    }
+    bail!(
+        "{} kernel problem line(s) in the guest; see {} and kmemleak.txt",
+        problems.len(),
+        dmesg_path.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_kernel_problems() {
+        let log = "[    1.0] io_uring: fine\n\
+                   [    2.0] WARNING: CPU: 0 PID: 1 at io_uring/net.c:100\n\
+                   [    3.0] BUG: KASAN: slab-use-after-free in io_sendmsg_zc\n\
+                   unreferenced object 0xffff888 (size 64):\n\
+                   [    4.0] ok again\n";
+        assert_eq!(kernel_problems(log).len(), 3);
+    }
+
+    #[test]
+    fn splits_boot_problems_from_test_problems() {
+        let log = format!(
+            "[0.1] BUG: KASAN: wild-memory-access in do_raw_spin_lock\n[5.0] {TESTS_START}\n\
+             [6.0] WARNING: at io_uring/net.c:1\n"
+        );
+        assert_eq!(problems_before_tests(&log).len(), 1);
+        assert_eq!(kernel_problems(&log).len(), 2);
+        assert!(problems_before_tests("[0.1] BUG: no marker\n").is_empty());
+    }
+
+    #[test]
+    fn clean_log_has_no_problems() {
+        assert!(kernel_problems("[ 0.0] Linux version 7.3.4\n[ 1.0] Run /init\n").is_empty());
+    }
+}

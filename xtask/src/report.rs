@@ -1,0 +1,205 @@
+//! Results as the reader sees them: libtest tallies, the summary of cases,
+//! peer suites and kernel problems, and the closing line CI reads.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
+use crate::guest::{self, GuestRun};
+use crate::suites::Judged;
+
+/// Totals of libtest's `test result:` lines in the console log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+    pub binaries: u64,
+}
+
+/// `text` without ANSI colour sequences (ESC `[` ... `m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Tally {
+    pub fn add(self, other: Tally) -> Tally {
+        Tally {
+            passed: self.passed + other.passed,
+            failed: self.failed + other.failed,
+            ignored: self.ignored + other.ignored,
+            binaries: self.binaries + other.binaries,
+        }
+    }
+
+    /// One more passed or failed test.
+    pub fn count(&mut self, passed: bool) {
+        if passed {
+            self.passed += 1;
+        } else {
+            self.failed += 1;
+        }
+    }
+
+    /// The closing line CI reads: `label: N passed, N failed, N skipped`.
+    pub fn closing_line(&self, label: &str) -> String {
+        format!(
+            "{label}: {} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.ignored
+        )
+    }
+}
+
+pub fn tally(console: &str) -> Tally {
+    let mut t = Tally::default();
+    for line in strip_ansi(console).lines() {
+        let Some(rest) = line.split("test result: ").nth(1) else {
+            continue;
+        };
+        t.binaries += 1;
+        let count = |what: &str| -> u64 {
+            rest.split(';')
+                .find_map(|part| {
+                    part.trim()
+                        .trim_start_matches("ok. ")
+                        .trim_start_matches("FAILED. ")
+                        .strip_suffix(what)
+                })
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        t.passed += count("passed");
+        t.failed += count("failed");
+        t.ignored += count("ignored");
+    }
+    t
+}
+
+/// What the final summary reports besides the test totals.
+#[derive(Default)]
+pub struct Summary {
+    /// (property, cases run) from the property tests.
+    pub cases: Vec<(String, u64)>,
+    /// (suite, base line, patched line) for the peer suites.
+    pub peers: Vec<(String, String, String)>,
+    pub kernel_problems: usize,
+}
+
+impl Summary {
+    pub fn print(&self) {
+        eprintln!("---- summary ----");
+        let total: u64 = self.cases.iter().map(|(_, n)| n).sum();
+        eprintln!("  generated cases: {total}");
+        for (property, n) in &self.cases {
+            eprintln!("    {property}: {n}");
+        }
+        eprintln!("  peer suites (base kernel | patched kernel):");
+        for (name, base, patched) in &self.peers {
+            eprintln!("    {name}: {base} | {patched}");
+        }
+        eprintln!(
+            "  kernel problems in dmesg/kmemleak: {}",
+            self.kernel_problems
+        );
+    }
+}
+
+/// Sums the `property cases` lines the property tests appended.
+pub fn case_counts(path: &Path) -> Vec<(String, u64)> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let mut counts: Vec<(String, u64)> = Vec::new();
+    for (name, n) in text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(name, n)| Some((name.to_string(), n.trim().parse::<u64>().ok()?)))
+    {
+        match counts.iter_mut().find(|(p, _)| *p == name) {
+            Some((_, total)) => *total += n,
+            None => counts.push((name, n)),
+        }
+    }
+    counts
+}
+
+/// Prints the run's summary and closing line, then decides: the guest
+/// wrote a status, every peer suite passed, every test binary reported,
+/// nothing failed, the kernel log (`logs`) is clean.
+pub fn verdict(run: &GuestRun, judged: Judged, binaries: usize, logs: Result<()>) -> Result<Tally> {
+    let Judged {
+        tally,
+        mut summary,
+        failures,
+    } = judged;
+    summary.kernel_problems = guest::problem_count(&run.out);
+    eprintln!(
+        "vm-test: {} test binaries in the guest ({}), console log {}",
+        tally.binaries,
+        run.accel.name(),
+        run.console_log.display()
+    );
+    summary.print();
+    eprintln!("{}", tally.closing_line("guest"));
+    let status = run.require_status()?;
+    if !failures.is_empty() {
+        bail!("peer suites: {}", failures.join("; "));
+    }
+    match status {
+        0 if tally.passed == 0 => {
+            bail!("the guest ran no test; see {}", run.console_log.display())
+        }
+        0 if tally.binaries == binaries as u64 && tally.failed == 0 => logs.map(|()| tally),
+        0 => bail!(
+            "{} of {} test binaries reported a result; see {}",
+            tally.binaries,
+            binaries,
+            run.console_log.display()
+        ),
+        _ => {
+            logs.ok();
+            bail!(
+                "the guest's tests failed ({} failed test(s) counted; a binary may \
+                 also have exited with an error); see {}",
+                tally.failed,
+                run.console_log.display()
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tallies_libtest_results() {
+        let console = "  | test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.1s\n\
+                       [  5.0] random kernel line\n\
+                       test result: FAILED. 2 passed; 4 failed; 0 ignored; 0 measured; 0 filtered out\n";
+        assert_eq!(
+            tally(console),
+            Tally {
+                passed: 5,
+                failed: 4,
+                ignored: 1,
+                binaries: 2
+            }
+        );
+    }
+
+    #[test]
+    fn tallies_coloured_results() {
+        let console =
+            "test result: \u{1b}[32mok\u{1b}[m. 4 passed; 0 failed; 0 ignored; 0 measured\n";
+        assert_eq!(tally(console).passed, 4);
+    }
+}

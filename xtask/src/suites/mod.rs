@@ -1,0 +1,192 @@
+//! The suites that run in the guest, one module each: ours (rust.rs), the
+//! kernel's zero-copy selftest (selftest.rs) and liburing's (liburing/).
+//! Suites written by others are peer suites: we build and run them, we do
+//! not edit them. Each says what it runs in the guest ([`PeerSuite`]) and
+//! how its result is judged ([`Judge`]).
+
+pub mod liburing;
+pub mod rust;
+pub mod selftest;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::guest::GuestRun;
+use crate::kernel::Kernel;
+use crate::layout::Layout;
+use crate::options::Options;
+use crate::phase::Phases;
+use crate::report::{tally, Summary, Tally};
+
+/// The peer suites staged for one guest run, and liburing's selection.
+pub struct Peers {
+    pub suites: Vec<PeerSuite>,
+    pub selection: liburing::Selection,
+}
+
+/// Builds the peer suites against `kernel` and stages them into the
+/// guest's output directory `out`: the kernel selftest, then liburing's
+/// tests (with kernel-patches/liburing/ applied).
+pub fn build_peers(
+    layout: &Layout,
+    options: &Options,
+    kernel: &Kernel,
+    out: &Path,
+) -> Result<Peers> {
+    let selection = liburing::selection(layout)?;
+    let mut suites = vec![selftest::build(layout, &kernel.src, &kernel.build)?];
+    let tree = liburing::build(layout, liburing::Flavour::Patched)?;
+    suites.extend(liburing::stage(
+        &tree,
+        out,
+        liburing::Flavour::Patched,
+        liburing::gate::scope(options, &selection),
+        &selection.limits,
+    )?);
+    Ok(Peers { suites, selection })
+}
+
+/// What the suites of one guest run came to.
+pub struct Judged {
+    /// Our tests' libtest totals, plus one per judged peer suite.
+    pub tally: Tally,
+    pub summary: Summary,
+    /// One line per peer suite that failed or reported nothing.
+    pub failures: Vec<String>,
+}
+
+/// Judges the guest run: our tests by libtest's lines, exit-judged peer
+/// suites by their status, liburing by its gate against the base kernel.
+pub fn judge(
+    layout: &Layout,
+    options: &Options,
+    phases: &mut Phases,
+    kernel: &Kernel,
+    run: &GuestRun,
+    peers: &Peers,
+) -> Result<Judged> {
+    let mut judged = Judged {
+        tally: tally(&run.console),
+        summary: Summary {
+            cases: crate::report::case_counts(&run.out.join("cases.txt")),
+            ..Summary::default()
+        },
+        failures: Vec::new(),
+    };
+    let reported = results(&run.console);
+    for suite in &peers.suites {
+        let Some((_, exited_ok)) = reported.iter().find(|(n, _)| *n == suite.name) else {
+            judged
+                .failures
+                .push(format!("{} reported no result", suite.name));
+            continue;
+        };
+        if suite.judge == Judge::Exit {
+            let word = if *exited_ok { "passed" } else { "FAILED" };
+            eprintln!("  peer suite {}: {word}", suite.name);
+            judged
+                .summary
+                .peers
+                .push((suite.name.clone(), "not run".into(), word.into()));
+            judged.tally.count(*exited_ok);
+            if !exited_ok {
+                judged.failures.push(format!("{} failed", suite.name));
+            }
+        }
+    }
+    let liburing_reported = peers
+        .suites
+        .iter()
+        .filter(|s| s.judge == Judge::Host)
+        .all(|s| reported.iter().any(|(n, _)| *n == s.name));
+    if liburing_reported {
+        let patched = liburing::results_of(&run.out, &peers.suites)?;
+        let lost = liburing::gate::judge(
+            layout,
+            options,
+            phases,
+            kernel,
+            &peers.selection,
+            patched,
+            &mut judged.summary,
+        )?;
+        judged.tally.count(lost.is_empty());
+        if !lost.is_empty() {
+            judged.failures.push(format!(
+                "liburing tests that pass on the base kernel but not on the patched \
+                 one: {}",
+                lost.join(" ")
+            ));
+        }
+    }
+    Ok(judged)
+}
+
+/// A suite the guest runs with `command` from `dir`.
+pub struct PeerSuite {
+    pub name: String,
+    pub dir: PathBuf,
+    pub judge: Judge,
+    pub command: String,
+}
+
+/// Who decides whether a suite passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judge {
+    /// Its exit status.
+    Exit,
+    /// The host, from the suite's log (OUTDIR/peer-NAME.log).
+    Host,
+}
+
+/// The plan line guest-run.sh reads: name, directory, judge, command.
+pub fn plan_line(suite: &PeerSuite) -> String {
+    let judge = match suite.judge {
+        Judge::Exit => "exit",
+        Judge::Host => "host",
+    };
+    format!(
+        "{}\t{}\t{judge}\t{}\n",
+        suite.name,
+        suite.dir.display(),
+        suite.command
+    )
+}
+
+/// `(suite, exited 0)` from the guest's `peer-result:` lines.
+pub fn results(console: &str) -> Vec<(String, bool)> {
+    console
+        .lines()
+        .filter_map(|l| l.split("peer-result: ").nth(1))
+        .filter_map(|r| {
+            let mut words = r.split_whitespace();
+            Some((words.next()?.to_string(), words.next()? == "ok"))
+        })
+        .collect()
+}
+
+/// The output of suite `name` in the guest's output directory.
+pub fn log(out: &Path, name: &str) -> Result<String> {
+    let path = out.join(format!("peer-{name}.log"));
+    fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_peer_results() {
+        let console =
+            "  | peer-result: kernel-selftest ok\n[ 1.0] x\npeer-result: liburing FAILED (exit 1)\n";
+        assert_eq!(
+            results(console),
+            [
+                ("kernel-selftest".to_string(), true),
+                ("liburing".to_string(), false)
+            ]
+        );
+    }
+}
