@@ -18,12 +18,14 @@ use crate::phase::Phases;
 use crate::report::Summary;
 
 /// The key of the base kernel's liburing results: everything they depend
-/// on (kernel and liburing versions, config fragments, runner settings),
-/// and the tests run unless it is the whole suite.
+/// on (kernel and liburing versions, config fragments, runner settings,
+/// the limits tests run under), and the tests run unless it is the whole
+/// suite. The selection counts as parsed, so that a comment in
+/// qemu/liburing-tests.txt does not throw away a cached run.
 fn base_key(
     layout: &Layout,
     profile: Profile,
-    _selection: &Selection,
+    selection: &Selection,
     tests: Option<&[String]>,
 ) -> Result<String> {
     let mut inputs = String::new();
@@ -33,14 +35,18 @@ fn base_key(
         layout.qemu().join("vm.config"),
         layout.qemu().join(format!("{}.config", profile.name())),
         layout.qemu().join("guest-run.sh"),
-        // Also the limits some tests run under, whatever the scope.
-        layout.qemu().join("liburing-tests.txt"),
     ] {
         inputs.push_str(
             &fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?,
         );
     }
-    inputs.push_str(&format!("TIMEOUT={}\n", TEST_TIMEOUT));
+    inputs.push_str(&format!("TIMEOUT={TEST_TIMEOUT}\n"));
+    for limits in &selection.limits {
+        inputs.push_str(&format!(
+            "{} as_mib={:?} timeout={:?}\n",
+            limits.test, limits.address_space_mib, limits.timeout
+        ));
+    }
     let scope = match tests {
         None => "all".to_string(),
         Some(tests) => {
@@ -317,3 +323,24 @@ fn store_base_results(layout: &Layout, key: &str, results: &Results) -> Result<(
     Ok(())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::suites::liburing::selection::parse_selection;
+
+    #[test]
+    fn the_base_key_ignores_comments_but_not_limits() {
+        let layout = Layout::detect().unwrap();
+        let key = |text: &str| {
+            let selection = parse_selection(text).unwrap();
+            base_key(&layout, Profile::Debug, &selection, Some(&selection.tests)).unwrap()
+        };
+        let plain = key("a.t\nb.t as_mib=64\n");
+        assert_eq!(
+            plain,
+            key("# why a\na.t   # and b\nb.t as_mib=64 # limits\n")
+        );
+        assert_ne!(plain, key("a.t\nb.t as_mib=32\n"));
+        assert_ne!(plain, key("a.t\nc.t as_mib=64\n"));
+    }
+}

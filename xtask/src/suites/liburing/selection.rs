@@ -36,7 +36,7 @@ pub fn selection(layout: &Layout) -> Result<Selection> {
     parse_selection(&text).with_context(|| format!("in {}", path.display()))
 }
 
-fn parse_selection(text: &str) -> Result<Selection> {
+pub(super) fn parse_selection(text: &str) -> Result<Selection> {
     let mut selection = Selection {
         tests: Vec::new(),
         limits: Vec::new(),
