@@ -37,22 +37,28 @@ pub fn host_checks(layout: &Layout) -> Result<Tally> {
     // The VM suites run in the guest (vm-test); on the host they only build.
     // c_header needs the patched kernel's headers: it is ignored here, and
     // check-uapi runs it.
-    let out = cmd!(
+    let t = cargo_test(cmd!(
         sh,
         "cargo test --workspace --exclude sendzc-iov-vm-tests --quiet"
-    )
-    .ignore_status()
-    .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprint!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    let t = tally(&stdout);
-    if !out.status.success() || t.failed > 0 {
-        bail!("host tests failed ({} failed)", t.failed);
-    }
+    ))
+    .with_context(|| "host tests failed")?;
     eprintln!(
         "  host tests: {} passed in {} binaries",
         t.passed, t.binaries
     );
+    Ok(t)
+}
+
+/// Runs a `cargo test` command, shows its output, and returns libtest's
+/// totals; an error if it failed or counted a failed test.
+fn cargo_test(command: xshell::Cmd<'_>) -> Result<Tally> {
+    let out = command.ignore_status().output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprint!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let t = tally(&stdout);
+    if !out.status.success() || t.failed > 0 {
+        bail!("{} test(s) failed ({})", t.failed, out.status);
+    }
     Ok(t)
 }
 
@@ -61,18 +67,11 @@ pub fn check_uapi(layout: &Layout, kernel: &Kernel) -> Result<()> {
     let sh = Shell::new()?;
     let _cd = sh.push_dir(&layout.root);
     let _env = sh.push_env("SENDZC_UAPI_INCLUDE", kernel.headers());
-    let out = cmd!(
+    let t = cargo_test(cmd!(
         sh,
         "cargo test --quiet -p sendzc-iov --test c_header -- --ignored"
-    )
-    .ignore_status()
-    .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprint!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    let t = tally(&stdout);
-    if !out.status.success() || t.failed > 0 {
-        bail!("the Rust bindings differ from the patched <linux/io_uring.h>");
-    }
+    ))
+    .context("the Rust bindings differ from the patched <linux/io_uring.h>")?;
     if t.passed == 0 {
         bail!("the C header test did not run (0 passed): is it still in uapi/tests/c_header.rs?");
     }
