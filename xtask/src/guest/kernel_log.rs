@@ -6,25 +6,43 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+/// Reports the kernel starts its message with (`[time] WARNING: CPU: ...`).
+/// Userspace writes to the kernel log too, and its lines carry its own
+/// prefix (`virtme-ng-init: WARNING: failed to run ...` where a root
+/// filesystem has no systemd), so these count only at the start.
+const REPORTS: &[&str] = &["BUG:", "WARNING:", "Oops", "UBSAN:", "Kernel panic"];
+
+/// Words of kernel reports wherever they stand in a line.
+const ANYWHERE: &[&str] = &[
+    "KASAN",
+    "possible circular locking",
+    "possible recursive locking",
+    "inconsistent lock state",
+    "general protection fault",
+    "unreferenced object",
+    "RCU stall",
+    "hung_task",
+];
+
+/// A log line without its `[   12.345678] ` timestamp.
+fn message(line: &str) -> &str {
+    let line = line.trim_start();
+    match line
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once("] "))
+    {
+        Some((_, message)) => message,
+        None => line,
+    }
+}
+
 /// Lines of a guest's kernel log that fail a run.
 pub fn kernel_problems(log: &str) -> Vec<&str> {
-    const PATTERNS: &[&str] = &[
-        "BUG:",
-        "WARNING:",
-        "KASAN",
-        "possible circular locking",
-        "possible recursive locking",
-        "inconsistent lock state",
-        "Oops",
-        "general protection fault",
-        "Kernel panic",
-        "unreferenced object",
-        "UBSAN:",
-        "RCU stall",
-        "hung_task",
-    ];
     log.lines()
-        .filter(|line| PATTERNS.iter().any(|p| line.contains(p)))
+        .filter(|line| {
+            REPORTS.iter().any(|p| message(line).starts_with(p))
+                || ANYWHERE.iter().any(|p| line.contains(p))
+        })
         .collect()
 }
 
@@ -107,6 +125,20 @@ mod tests {
         assert_eq!(problems_before_tests(&log).len(), 1);
         assert_eq!(kernel_problems(&log).len(), 2);
         assert!(problems_before_tests("[0.1] BUG: no marker\n").is_empty());
+    }
+
+    #[test]
+    fn userspace_warnings_in_the_log_are_not_kernel_problems() {
+        let log = "[   12.105544] virtme-ng-init: WARNING: failed to run: \"systemd-tmpfiles\"\n\
+                   [   13.0] WARNING: CPU: 1 PID: 80 at io_uring/notif.c:40\n\
+                   [   14.0] BUG: KASAN: use-after-free in io_tx_ubuf_complete\n";
+        assert_eq!(
+            kernel_problems(log),
+            [
+                "[   13.0] WARNING: CPU: 1 PID: 80 at io_uring/notif.c:40",
+                "[   14.0] BUG: KASAN: use-after-free in io_tx_ubuf_complete"
+            ]
+        );
     }
 
     #[test]
