@@ -2,25 +2,35 @@
 //!
 //! A receiver thread plays the server: it reads frames (a 24-byte header
 //! with the sequence number and payload length, then the payload) and
-//! checks every byte. The client batches frames, payloads spread over
-//! three registered buffers, and prints which path the kernel gave it.
+//! checks every byte. The client batches frames, payloads leased from
+//! three registered buffers, keeps several requests in flight on the one
+//! socket (they arrive in order), resumes any request cut short, and
+//! prints which paths the kernel gave it.
 //!
 //!     cargo run -p sendzc-iov --example framed -- [FRAMES] [PER_BATCH]
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
+use std::time::Duration;
 
-use sendzc_iov::frame::{Batch, BufferPool, Event, FrameSender, Payload};
+use sendzc_iov::frame::{Batch, Event, FrameSender, Payload};
 
 const HEADER: usize = 24;
-const BUFFERS: usize = 3;
-/// Room for one payload in a buffer (payloads are below 60 000 bytes).
-const SLOT: usize = 64 * 1024;
+const BUFFERS: u16 = 3;
+const BUFFER_LEN: usize = 4 << 20;
+/// Requests in flight at most; a new batch waits for room in the pool.
+const IN_FLIGHT: usize = 8;
 
-/// The payload of frame `seq`: its length and bytes, derived from `seq`.
+/// The payload of frame `seq`: its length (0 for every 10th: a header
+/// alone) and bytes, derived from `seq`.
 fn payload_len(seq: u64) -> usize {
-    1 + (seq as usize * 7919) % 60_000
+    if seq % 10 == 9 {
+        0
+    } else {
+        1 + (seq as usize * 7919) % 60_000
+    }
 }
 
 fn payload_byte(seq: u64, i: usize) -> u8 {
@@ -55,6 +65,32 @@ fn serve(mut conn: TcpStream, frames: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// The next batch: up to `per_batch` frames from `seq`, payloads written
+/// into leases; None if the pool has no room now.
+fn next_batch(sender: &FrameSender, seq: &mut u64, frames: u64, per_batch: usize) -> Option<Batch> {
+    let mut batch = Batch::new();
+    let start = *seq;
+    while *seq < frames && batch.len() < per_batch {
+        let len = payload_len(*seq);
+        let payload = match len {
+            0 => Payload::None,
+            _ => {
+                let Some(mut lease) = sender.lease(len) else {
+                    *seq = start;
+                    return None;
+                };
+                for (i, byte) in lease.iter_mut().enumerate() {
+                    *byte = payload_byte(*seq, i);
+                }
+                Payload::Fixed(lease)
+            }
+        };
+        batch.push(&header(*seq, len), payload).ok()?;
+        *seq += 1;
+    }
+    Some(batch)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let usage = "usage: framed [FRAMES (default 1000)] [PER_BATCH 1..=512 (default 16)]";
     let mut args = std::env::args().skip(1);
@@ -75,57 +111,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (conn, _) = listener.accept()?;
     let server = std::thread::spawn(move || serve(conn, frames));
 
-    let ring = io_uring::IoUring::new(64)?;
-    let slots_per_buffer = per_batch.div_ceil(BUFFERS);
-    let pool = BufferPool::new(&[slots_per_buffer * SLOT; BUFFERS])?;
-    let mut sender = FrameSender::new(ring, pool)?;
-    println!("path: {:?}", sender.path());
+    let mut sender = FrameSender::new(64, BUFFERS, BUFFER_LEN)?;
+    println!("policy: {:?}", sender.core().policy());
 
-    let (mut sent, mut requests) = (0usize, 0usize);
-    let mut paths = std::collections::BTreeMap::new();
+    let (mut requests, mut released) = (0usize, 0usize);
+    let mut paths = BTreeMap::new();
     let mut seq = 0;
-    while seq < frames {
-        // Write this batch's payloads into the buffers, one frame per slot.
-        let mut batch = Batch::new();
-        for slot in 0..per_batch.min((frames - seq) as usize) {
-            let len = payload_len(seq);
-            let buf = (slot % BUFFERS) as u16;
-            let start = (slot / BUFFERS) * SLOT;
-            let memory = sender.pool_mut().buffer_mut(buf)?;
-            for (i, byte) in memory[start..start + len].iter_mut().enumerate() {
-                *byte = payload_byte(seq, i);
-            }
-            let payload = Payload::Fixed {
-                buf,
-                range: start..start + len,
+    while seq < frames || released < requests {
+        // Keep up to IN_FLIGHT requests going; the core keeps their order.
+        while seq < frames && requests - released < IN_FLIGHT {
+            let Some(batch) = next_batch(&sender, &mut seq, frames, per_batch) else {
+                break; // the pool is full until a release
             };
-            batch.push(&header(seq, len), payload)?;
-            seq += 1;
+            sender.submit(client.as_fd(), batch)?;
+            requests += 1;
         }
-        let id = sender.submit(client.as_fd(), batch)?;
-        requests += 1;
-        // Wait for the release: the next batch rewrites the same buffers.
-        for event in sender.wait_for(id)? {
+        for event in sender.poll(Duration::from_secs(10))? {
             match event {
                 Event::Sent {
-                    sent: n,
-                    total,
-                    path,
-                    ..
-                } if n == total => {
-                    sent += n;
+                    path, remainder, ..
+                } => {
                     *paths.entry(format!("{path:?}")).or_insert(0) += 1;
-                }
-                Event::Sent { sent: n, total, .. } => {
-                    return Err(format!("short send {n}/{total}").into())
+                    if let Some(rest) = remainder {
+                        sender.resume(rest)?;
+                    }
                 }
                 Event::Failed { error, .. } => return Err(error.into()),
-                Event::Released { .. } => {}
+                Event::Released { .. } => released += 1,
             }
         }
     }
     server.join().expect("server thread")?;
-    println!("{frames} frames in {requests} requests, {sent} bytes, all verified");
-    println!("requests per path: {paths:?}");
+    println!("{frames} frames in {requests} requests, all verified by the receiver");
+    println!("results per path: {paths:?}");
     Ok(())
 }

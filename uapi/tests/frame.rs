@@ -1,43 +1,49 @@
-//! The header+payload API against the running kernel, over loopback TCP.
+//! The header+payload API against the running kernel, over loopback.
 //!
 //! On a kernel without the series (the host) this exercises the fallbacks
 //! for real; in the VM on the patched kernel, the per-iovec path as well.
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rstest::rstest;
+use io_uring::{opcode, IoUring};
 use sendzc_iov::frame::{
-    detect_path, Batch, BufferPool, Event, FrameError, FrameSender, Path, Payload, RequestPath,
+    Batch, Event, FrameError, FrameSender, Offers, Path, Payload, Policy, RequestId, SendCore,
+    Target, TxPool,
 };
 
-const SIZES: [usize; 3] = [64 * 1024, 32 * 1024, 16 * 1024];
+const BUFFERS: u16 = 3;
+const BUFFER_LEN: usize = 256 * 1024;
+const WAIT: Duration = Duration::from_secs(10);
 
 fn connected() -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let tx = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (rx, _) = listener.accept().unwrap();
-    rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    rx.set_read_timeout(Some(WAIT)).unwrap();
     (tx, rx)
 }
 
+/// The paths a FrameSender can take on this kernel, best first.
+fn sender_paths() -> Vec<Path> {
+    let best = Offers::probe().unwrap();
+    let best = if best.per_iovec {
+        Path::PerIovec
+    } else if best.fixed_buf {
+        Path::FixedBuf
+    } else {
+        Path::Copy
+    };
+    [Path::PerIovec, Path::FixedBuf, Path::Copy]
+        .into_iter()
+        .skip_while(|p| *p != best)
+        .collect()
+}
+
 fn sender(path: Path) -> FrameSender {
-    let ring = io_uring::IoUring::new(32).unwrap();
-    let mut sender = FrameSender::with_path(ring, BufferPool::new(&SIZES).unwrap(), path).unwrap();
-    for buf in 0..SIZES.len() as u16 {
-        for (i, byte) in sender
-            .pool_mut()
-            .buffer_mut(buf)
-            .unwrap()
-            .iter_mut()
-            .enumerate()
-        {
-            *byte = (i as u8).wrapping_mul(7).wrapping_add(buf as u8 * 50);
-        }
-    }
-    sender
+    FrameSender::with_policy(64, BUFFERS, BUFFER_LEN, Policy::always(path)).unwrap()
 }
 
 /// A header that names its frame: sequence number and payload length.
@@ -48,262 +54,559 @@ fn header(seq: u32, len: usize) -> [u8; 24] {
     h
 }
 
-/// The paths this kernel can take, best first.
-fn available_paths() -> Vec<Path> {
-    let best = detect_path().unwrap();
-    [Path::PerIovec, Path::FixedBuf, Path::Copy]
-        .into_iter()
-        .skip_while(|p| *p != best)
+fn pattern(seq: u32, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32 ^ seq.wrapping_mul(31)) as u8)
         .collect()
 }
 
-/// Sends `batch` and returns (bytes received, events).
-fn send_and_receive(sender: &mut FrameSender, batch: Batch) -> (Vec<u8>, Vec<Event>) {
-    let (tx, mut rx) = connected();
-    let total = batch.bytes();
-    let id = sender.submit(tx.as_fd(), batch).unwrap();
-    let events = sender.wait_for(id).unwrap();
-    let mut got = vec![0; total];
-    rx.read_exact(&mut got).unwrap();
-    (got, events)
+/// A lease of `len` bytes in buffer `buf`, filled with `pattern(seq, len)`.
+fn filled(sender: &FrameSender, buf: u16, seq: u32, len: usize) -> Payload {
+    let mut lease = sender.pool().lease_in(buf, len).expect("room in the pool");
+    lease.copy_from_slice(&pattern(seq, len));
+    Payload::Fixed(lease)
 }
 
-fn expected_bytes(sender: &FrameSender, frames: &[([u8; 24], Payload)]) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for (h, p) in frames {
-        bytes.extend_from_slice(h);
-        match p {
-            Payload::Fixed { buf, range } => {
-                bytes.extend_from_slice(&sender.pool().buffer(*buf).unwrap()[range.clone()])
-            }
-            Payload::Owned(data) => bytes.extend_from_slice(data),
-        }
-    }
-    bytes
-}
-
-fn frames(spread_over_buffers: bool) -> Vec<([u8; 24], Payload)> {
-    (0..12u32)
-        .map(|seq| {
-            let buf = if spread_over_buffers {
-                (seq % 3) as u16
-            } else {
-                1
-            };
-            let start = 100 * seq as usize + 3;
-            let payload = if spread_over_buffers && seq % 4 == 3 {
-                Payload::Owned(vec![seq as u8; 1000 + seq as usize])
-            } else {
-                Payload::Fixed {
-                    buf,
-                    range: start..start + 4000,
-                }
-            };
-            (header(seq, payload_len(&payload)), payload)
-        })
-        .collect()
-}
-
-fn payload_len(p: &Payload) -> usize {
-    match p {
-        Payload::Fixed { range, .. } => range.len(),
-        Payload::Owned(d) => d.len(),
-    }
-}
-
-#[rstest]
-fn frames_arrive_in_order_on_every_path(#[values(false, true)] spread: bool) {
-    for path in available_paths() {
-        let mut sender = sender(path);
-        let frames = frames(spread);
-        let expected = expected_bytes(&sender, &frames);
-        let mut batch = Batch::new();
-        for (h, p) in &frames {
-            batch.push(h, p.clone()).unwrap();
-        }
-        let (got, events) = send_and_receive(&mut sender, batch);
-        assert_eq!(got, expected, "{path:?}");
-
-        let [Event::Sent {
-            path: used,
-            sent,
-            total,
-            resume: None,
-            ..
-        }, Event::Released { payloads, .. }] = &events[..]
-        else {
-            panic!("{path:?}: unexpected events {events:?}");
-        };
-        assert_eq!((*sent, *total), (expected.len(), expected.len()));
-        let want = match (path, spread) {
-            (Path::PerIovec, _) => RequestPath::PerIovec,
-            (Path::FixedBuf, false) => RequestPath::FixedBuf { buf: 1 },
-            _ => RequestPath::Copy,
-        };
-        assert_eq!(*used, want, "{path:?}");
-        let owned: Vec<&Vec<u8>> = frames
+/// Polls until every request of `ids` is released, resuming anything cut
+/// short; returns their events.
+fn until_released(sender: &mut FrameSender, ids: &[RequestId]) -> Vec<Event> {
+    let deadline = Instant::now() + WAIT;
+    let mut events = Vec::new();
+    let released = |events: &[Event], id: &RequestId| {
+        events
             .iter()
-            .filter_map(|(_, p)| match p {
-                Payload::Owned(d) => Some(d),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(payloads.iter().collect::<Vec<_>>(), owned, "{path:?}");
-        assert_eq!(sender.in_flight(), 0);
+            .any(|e| matches!(e, Event::Released { id: r, .. } if r == id))
+    };
+    while !ids.iter().all(|id| released(&events, id)) {
+        assert!(
+            Instant::now() < deadline,
+            "requests {ids:?} not all released"
+        );
+        for event in sender.poll(Duration::from_millis(100)).unwrap() {
+            match event {
+                Event::Sent {
+                    remainder: Some(r), ..
+                }
+                | Event::Failed {
+                    remainder: Some(r), ..
+                } => sender.resume(r).unwrap(),
+                other => events.push(other),
+            }
+        }
     }
+    events
+}
+
+/// A batch's frames before they are pushed: (header, payload).
+type Frames = Vec<([u8; 24], Payload)>;
+
+/// Frames of each shape the API takes, for `sender`, by name.
+fn shapes(sender: &FrameSender) -> Vec<(&'static str, Frames)> {
+    vec![
+        (
+            "one pair",
+            vec![(header(0, 65536), filled(sender, 0, 0, 65536))],
+        ),
+        (
+            "four pairs over three buffers",
+            (0..4)
+                .map(|i| (header(i, 5000), filled(sender, (i % 3) as u16, i, 5000)))
+                .collect(),
+        ),
+        (
+            "two pairs in one buffer",
+            (0..2)
+                .map(|i| (header(i, 8192), filled(sender, 1, i, 8192)))
+                .collect(),
+        ),
+        (
+            "owned payloads",
+            (0..3)
+                .map(|i| (header(i, 7000), Payload::Owned(pattern(i, 7000))))
+                .collect(),
+        ),
+        (
+            "headers alone and a payload",
+            vec![
+                (header(0, 0), Payload::None),
+                (header(1, 9000), filled(sender, 2, 1, 9000)),
+                (header(2, 0), Payload::None),
+            ],
+        ),
+    ]
 }
 
 #[test]
-fn best_path_matches_the_kernel() {
-    let path = FrameSender::new(
-        io_uring::IoUring::new(4).unwrap(),
-        BufferPool::new(&[]).unwrap(),
-    )
-    .unwrap()
-    .path();
-    match std::env::var("SENDZC_EXPECT_FEATURE").as_deref() {
-        Ok("1") => assert_eq!(path, Path::PerIovec),
-        _ => assert_ne!(path, Path::PerIovec, "the host kernel has no series"),
+fn every_shape_arrives_intact_on_every_path() {
+    for path in sender_paths() {
+        let mut sender = sender(path);
+        for (name, frames) in shapes(&sender) {
+            let (tx, mut rx) = connected();
+            let mut expected = Vec::new();
+            let mut lens = Vec::new();
+            let mut batch = Batch::new();
+            for (h, p) in frames {
+                expected.extend_from_slice(&h);
+                expected.extend_from_slice(p.bytes());
+                lens.push(p.len());
+                batch.push(&h, p).unwrap();
+            }
+            let predicted = sender.core().path_for(Target::from(tx.as_fd()), &batch);
+            let id = sender.submit(tx.as_fd(), batch).unwrap();
+            let mut got = vec![0; expected.len()];
+            rx.read_exact(&mut got).unwrap();
+            assert!(got == expected, "{path:?}, {name}: bytes differ");
+            let events = until_released(&mut sender, &[id]);
+            let sent: Vec<_> = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Sent {
+                        path, sent, total, ..
+                    } => Some((*path, *sent, *total)),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(
+                sent,
+                [(predicted, expected.len(), expected.len())],
+                "{path:?}, {name}"
+            );
+            let Some(Event::Released { payloads, .. }) = events.last() else {
+                panic!("{path:?}, {name}: no release last: {events:?}");
+            };
+            let back: Vec<usize> = payloads.iter().map(Payload::len).collect();
+            assert_eq!(
+                back, lens,
+                "{path:?}, {name}: payloads handed back in order"
+            );
+        }
     }
 }
 
+/// A genuine CQE of a NOP on a ring of its own, to forge others from.
+fn nop_cqe() -> io_uring::cqueue::Entry {
+    let mut ring = IoUring::new(2).unwrap();
+    // SAFETY: a NOP points to nothing.
+    unsafe {
+        ring.submission()
+            .push(&opcode::Nop::new().build().user_data(7))
+    }
+    .unwrap();
+    ring.submit_and_wait(1).unwrap();
+    let cqe = ring.completion().next().unwrap();
+    cqe
+}
+
+/// A ring with a pool registered at index 0 and a core on `policy`.
+fn core_ring(policy: Policy) -> (IoUring, TxPool, SendCore) {
+    let ring = IoUring::new(16).unwrap();
+    ring.submitter().register_buffers_sparse(4).unwrap();
+    let pool = TxPool::new(2, BUFFER_LEN).unwrap();
+    pool.register(&ring, 0).unwrap();
+    let core = SendCore::new(&ring, policy, 0xc0).unwrap();
+    (ring, pool, core)
+}
+
+fn reap(ring: &mut IoUring) -> Vec<io_uring::cqueue::Entry> {
+    ring.submit_and_wait(1).unwrap();
+    ring.completion().collect()
+}
+
 #[test]
-fn a_buffer_in_flight_cannot_be_written() {
-    let mut sender = sender(detect_path().unwrap());
+fn forged_foreign_and_duplicate_cqes_change_nothing() {
+    let (mut ring, pool, mut core) = core_ring(Policy::always(Path::detect().unwrap()));
     let (tx, mut rx) = connected();
-    // Fill the socket so that the request stays in flight.
-    tx.set_nonblocking(true).unwrap();
-    let filler = vec![0u8; 1 << 16];
-    let mut queued = 0;
-    while let Ok(n) = (&tx).write_nonblocking(&filler) {
-        queued += n;
-    }
-    tx.set_nonblocking(false).unwrap();
+    let mut lease = pool.lease(65536).unwrap();
+    lease.copy_from_slice(&pattern(1, 65536));
     let mut batch = Batch::new();
     batch
-        .push(
-            &header(0, 4000),
-            Payload::Fixed {
-                buf: 2,
-                range: 0..4000,
-            },
-        )
+        .push(&header(1, 65536), Payload::Fixed(lease))
         .unwrap();
-    let total = batch.bytes();
-    let id = sender.submit(tx.as_fd(), batch).unwrap();
-    assert_eq!(
-        sender.pool_mut().buffer_mut(2).err(),
-        Some(FrameError::Busy { buf: 2 })
-    );
-    assert!(sender.pool().is_busy(2));
-    assert!(
-        sender.pool_mut().buffer_mut(0).is_ok(),
-        "other buffers stay writable"
-    );
-
-    let reader = std::thread::spawn(move || {
-        let mut all = vec![0; queued + total];
-        rx.read_exact(&mut all).map(|()| all)
-    });
-    let events = sender.wait_for(id).unwrap();
-    assert!(
-        matches!(events.last(), Some(Event::Released { .. })),
-        "{events:?}"
-    );
-    assert!(sender.pool_mut().buffer_mut(2).is_ok());
-    reader.join().unwrap().unwrap();
-}
-
-trait WriteNonblocking {
-    fn write_nonblocking(self, data: &[u8]) -> std::io::Result<usize>;
-}
-
-impl WriteNonblocking for &TcpStream {
-    fn write_nonblocking(mut self, data: &[u8]) -> std::io::Result<usize> {
-        std::io::Write::write(&mut self, data)
+    let id = core.submit(&mut ring, tx.as_fd(), batch).unwrap();
+    // Not submitted yet: every CQE the core could see now is a forgery.
+    let free = pool.free_bytes(0);
+    let mut forged = nop_cqe();
+    for user_data in [
+        id.0,
+        0,
+        1,
+        7,
+        0xc0 << 56,
+        (0xc0 << 56) | 1,
+        (0xc0 << 56) | id.0,
+        u64::MAX,
+    ] {
+        forged.set_user_data(user_data);
+        assert!(core.complete(&forged).is_empty(), "forged {user_data:#x}");
     }
-}
-
-#[test]
-fn bad_batches_are_refused_before_submission() {
-    let mut sender = sender(detect_path().unwrap());
-    let (tx, _rx) = connected();
-    let cases: Vec<(Batch, FrameError)> = vec![
-        (Batch::new(), FrameError::Empty),
-        (
-            {
-                let mut b = Batch::new();
-                b.push(
-                    b"h",
-                    Payload::Fixed {
-                        buf: 7,
-                        range: 0..1,
-                    },
-                )
-                .unwrap();
-                b
-            },
-            FrameError::UnknownBuffer { frame: 0, buf: 7 },
-        ),
-        (
-            {
-                let mut b = Batch::new();
-                b.push(b"h", Payload::Owned(vec![1])).unwrap();
-                b.push(
-                    b"h",
-                    Payload::Fixed {
-                        buf: 2,
-                        range: 16000..16385,
-                    },
-                )
-                .unwrap();
-                b
-            },
-            FrameError::OutOfRange {
-                frame: 1,
-                buf: 2,
-                range: 16000..16385,
-                len: 16 * 1024,
-            },
-        ),
-    ];
-    for (batch, want) in cases {
-        assert_eq!(sender.submit(tx.as_fd(), batch).err(), Some(want));
-        assert_eq!(sender.in_flight(), 0);
-    }
-}
-
-#[test]
-fn a_closed_socket_fails_the_request_and_still_releases_it() {
-    let mut sender = sender(detect_path().unwrap());
-    let (tx, rx) = connected();
-    drop(rx);
-    std::thread::sleep(Duration::from_millis(50));
-    let mut failed = false;
-    // The first send may still succeed (the peer's RST arrives with it).
-    for _ in 0..4 {
-        let mut batch = Batch::new();
-        batch
-            .push(
-                &header(0, 100),
-                Payload::Fixed {
-                    buf: 0,
-                    range: 0..100,
-                },
-            )
-            .unwrap();
-        let id = sender.submit(tx.as_fd(), batch).unwrap();
-        let events = sender.wait_for(id).unwrap();
-        assert!(
-            matches!(events.last(), Some(Event::Released { .. })),
-            "{events:?}"
-        );
-        if let Some(Event::Failed { error, .. }) = events.first() {
-            assert_eq!(error.raw_os_error(), Some(libc::EPIPE), "{error}");
-            failed = true;
-            break;
+    assert_eq!(core.in_flight(), 1);
+    assert_eq!(pool.free_bytes(0), free, "the lease is still out");
+    let mut got = vec![0; 24 + 65536];
+    let mut real = Vec::new();
+    let mut events = Vec::new();
+    ring.submit().unwrap();
+    rx.read_exact(&mut got).unwrap();
+    while !events.iter().any(|e| matches!(e, Event::Released { .. })) {
+        for cqe in reap(&mut ring) {
+            events.extend(core.complete(&cqe));
+            real.push(cqe);
         }
     }
-    assert!(failed, "sends to a closed peer never failed");
-    assert!(!sender.pool().is_busy(0));
+    assert!(
+        matches!(events[0], Event::Sent { sent: 65560, .. }),
+        "{events:?}"
+    );
+    for cqe in &real {
+        assert!(
+            core.complete(cqe).is_empty(),
+            "a duplicate CQE changed something"
+        );
+    }
+    assert_eq!(core.in_flight(), 0);
+}
+
+#[test]
+fn a_notification_cannot_be_forged_after_the_result() {
+    let path = Path::detect().unwrap();
+    if path == Path::Copy {
+        // Here notifications share the result's user_data: the core must
+        // refuse zero-copy, so that no notification can be forged.
+        let ring = IoUring::new(4).unwrap();
+        let err = SendCore::new(&ring, Policy::always(Path::FixedBuf), 1).err();
+        assert_eq!(err.map(|e| e.kind()), Some(std::io::ErrorKind::Unsupported));
+        return;
+    }
+    let (mut ring, pool, mut core) = core_ring(Policy::always(path));
+    let (tx, mut rx) = connected();
+    let mut batch = Batch::new();
+    let mut lease = pool.lease(65536).unwrap();
+    lease.copy_from_slice(&pattern(2, 65536));
+    batch
+        .push(&header(2, 65536), Payload::Fixed(lease))
+        .unwrap();
+    core.submit(&mut ring, tx.as_fd(), batch).unwrap();
+    // The receiver does not read: the skb, and so the notification, wait.
+    let result = loop {
+        let cqes = reap(&mut ring);
+        let mut events = Vec::new();
+        for cqe in &cqes {
+            events.extend(core.complete(cqe));
+        }
+        if !events.is_empty() {
+            assert!(matches!(events[0], Event::Sent { .. }), "{events:?}");
+            assert_eq!(
+                events.len(),
+                1,
+                "released before the receiver read: {events:?}"
+            );
+            break cqes[0].clone();
+        }
+    };
+    // The result's token is known now: forge a notification from it.
+    let mut forged = nop_cqe();
+    for user_data in [
+        result.user_data(),
+        result.user_data() + 1,
+        result.user_data() ^ 1,
+    ] {
+        forged.set_user_data(user_data);
+        assert!(core.complete(&forged).is_empty());
+    }
+    assert!(core.complete(&result).is_empty(), "duplicate result");
+    assert_eq!(
+        core.in_flight(),
+        1,
+        "still waiting for the real notification"
+    );
+    let mut got = vec![0; 24 + 65536];
+    rx.read_exact(&mut got).unwrap();
+    let released = loop {
+        let events: Vec<Event> = reap(&mut ring)
+            .iter()
+            .flat_map(|c| core.complete(c))
+            .collect();
+        if !events.is_empty() {
+            break events;
+        }
+    };
+    assert!(
+        matches!(released[..], [Event::Released { .. }]),
+        "{released:?}"
+    );
+}
+
+#[test]
+fn dropping_the_pool_frees_nothing_in_flight() {
+    let (mut ring, pool, mut core) = core_ring(Policy::always(Path::detect().unwrap()));
+    let (tx, mut rx) = connected();
+    let mut lease = pool.lease(65536).unwrap();
+    lease.copy_from_slice(&pattern(3, 65536));
+    let mut batch = Batch::new();
+    batch
+        .push(&header(3, 65536), Payload::Fixed(lease))
+        .unwrap();
+    core.submit(&mut ring, tx.as_fd(), batch).unwrap();
+    // The pool goes before the kernel has even seen the request, and the
+    // allocator is given every chance to hand its memory out again.
+    drop(pool);
+    let junk: Vec<Vec<u8>> = (0..64).map(|_| vec![0xee; 65536]).collect();
+    ring.submit().unwrap();
+    let mut got = vec![0; 24 + 65536];
+    rx.read_exact(&mut got).unwrap();
+    assert!(
+        got[24..] == pattern(3, 65536)[..],
+        "the payload changed in flight"
+    );
+    drop(junk);
+    let mut payloads = None;
+    while payloads.is_none() {
+        for event in reap(&mut ring).iter().flat_map(|c| core.complete(c)) {
+            if let Event::Released { payloads: p, .. } = event {
+                payloads = Some(p);
+            }
+        }
+    }
+    let payloads = payloads.unwrap();
+    assert!(
+        *payloads[0].bytes() == pattern(3, 65536)[..],
+        "handed back as sent"
+    );
+}
+
+#[test]
+fn tcp_requests_stay_in_order_on_a_full_socket() {
+    const REQUESTS: u32 = 50;
+    const LEN: usize = 8192;
+    let mut sender = FrameSender::new(64, BUFFERS, BUFFER_LEN).unwrap();
+    let (tx, rx) = connected();
+    nix::sys::socket::setsockopt(&tx, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+    let mut ids = Vec::new();
+    for seq in 0..REQUESTS {
+        let mut batch = Batch::new();
+        let payload = filled(&sender, (seq % 3) as u16, seq, LEN);
+        batch.push(&header(seq, LEN), payload).unwrap();
+        ids.push(sender.submit(tx.as_fd(), batch).unwrap());
+    }
+    let reader = std::thread::spawn(move || {
+        let mut rx = rx;
+        let mut all = vec![0; REQUESTS as usize * (24 + LEN)];
+        rx.read_exact(&mut all).unwrap();
+        all
+    });
+    until_released(&mut sender, &ids);
+    let all = reader.join().unwrap();
+    for (seq, frame) in all.chunks(24 + LEN).enumerate() {
+        let got = u32::from_le_bytes(frame[..4].try_into().unwrap());
+        assert_eq!(got, seq as u32, "frame {seq} arrived as {got}");
+        assert!(
+            frame[24..] == pattern(seq as u32, LEN)[..],
+            "frame {seq}'s payload"
+        );
+    }
+}
+
+#[test]
+fn udp_datagrams_and_trains_of_many_pairs() {
+    const PAYLOAD: usize = 948;
+    for path in sender_paths() {
+        let mut sender = sender(path);
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(WAIT)).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // One datagram of 9 pairs, then GSO trains of 8, 16 and 40.
+        for (pairs, train) in [(9, false), (8, true), (16, true), (40, true)] {
+            let len = if train { PAYLOAD } else { 84 };
+            let mut batch = Batch::new();
+            for seq in 0..pairs {
+                let payload = filled(&sender, 0, seq, len);
+                batch.push(&header(seq, len), payload).unwrap();
+            }
+            batch.to(rx.local_addr().unwrap());
+            if train {
+                batch.segment_size((24 + len) as u16);
+            }
+            let id = sender.submit(tx.as_fd(), batch).unwrap();
+            let events = until_released(&mut sender, &[id]);
+            assert!(
+                matches!(events[0], Event::Sent { sent, total, .. } if sent == total),
+                "{path:?}, {pairs} pairs: {events:?}"
+            );
+            let datagrams = if train { pairs } else { 1 };
+            let mut seq = 0;
+            for _ in 0..datagrams {
+                let mut buf = [0u8; 65536];
+                let n = rx.recv(&mut buf).unwrap();
+                for frame in buf[..n].chunks(24 + len) {
+                    assert_eq!(u32::from_le_bytes(frame[..4].try_into().unwrap()), seq);
+                    assert!(frame[24..] == pattern(seq, len)[..]);
+                    seq += 1;
+                }
+            }
+            assert_eq!(seq, pairs, "{path:?}: every pair arrived");
+        }
+    }
+}
+
+#[test]
+fn a_short_send_pauses_the_stream_until_resumed() {
+    const LEN: usize = 200 * 1024;
+    let mut sender = FrameSender::new(64, BUFFERS, BUFFER_LEN).unwrap();
+    let (tx, rx) = connected();
+    nix::sys::socket::setsockopt(&tx, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+    let mut first = Batch::new();
+    first
+        .push(&header(0, LEN), filled(&sender, 0, 0, LEN))
+        .unwrap()
+        .msg_flags(libc::MSG_DONTWAIT as u32);
+    let mut second = Batch::new();
+    second
+        .push(&header(1, 100), Payload::Owned(pattern(1, 100)))
+        .unwrap();
+    let a = sender.submit(tx.as_fd(), first).unwrap();
+    let b = sender.submit(tx.as_fd(), second).unwrap();
+    let events = sender.wait_for(a, WAIT).unwrap();
+    let cut = events.iter().any(|e| match e {
+        Event::Sent {
+            remainder,
+            sent,
+            total,
+            ..
+        } => remainder.is_some() && sent < total,
+        Event::Failed {
+            remainder, error, ..
+        } => remainder.is_some() && error.raw_os_error() == Some(libc::EAGAIN),
+        _ => false,
+    });
+    assert!(
+        cut,
+        "a non-blocking send into a full socket is cut short: {events:?}"
+    );
+    let reader = std::thread::spawn(move || {
+        let mut rx = rx;
+        let mut all = vec![0; 24 + LEN + 24 + 100];
+        rx.read_exact(&mut all).unwrap();
+        all
+    });
+    for event in events {
+        if let Event::Sent {
+            remainder: Some(r), ..
+        }
+        | Event::Failed {
+            remainder: Some(r), ..
+        } = event
+        {
+            sender.resume(r).unwrap();
+        }
+    }
+    until_released(&mut sender, &[a, b]);
+    let all = reader.join().unwrap();
+    assert!(
+        all[24..24 + LEN] == pattern(0, LEN)[..],
+        "the cut request, whole"
+    );
+    assert_eq!(
+        u32::from_le_bytes(all[24 + LEN..][..4].try_into().unwrap()),
+        1
+    );
+}
+
+#[test]
+fn a_reset_peer_fails_the_request_and_abandon_releases_it() {
+    let mut sender = FrameSender::new(64, BUFFERS, BUFFER_LEN).unwrap();
+    let (tx, rx) = connected();
+    nix::sys::socket::setsockopt(
+        &rx,
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+    .unwrap();
+    drop(rx); // RST
+    std::thread::sleep(Duration::from_millis(50));
+    let mut batch = Batch::new();
+    batch
+        .push(&header(0, 65536), filled(&sender, 0, 0, 65536))
+        .unwrap();
+    let id = sender.submit(tx.as_fd(), batch).unwrap();
+    let events = sender.wait_for(id, WAIT).unwrap();
+    let remainder = events.into_iter().find_map(|e| match e {
+        Event::Failed {
+            error, remainder, ..
+        } => {
+            let errno = error.raw_os_error();
+            assert!(
+                matches!(errno, Some(libc::ECONNRESET | libc::EPIPE)),
+                "{error}"
+            );
+            remainder
+        }
+        _ => None,
+    });
+    let remainder = remainder.expect("the failure pauses the stream");
+    assert_eq!(remainder.len(), 24 + 65536);
+    let mut events = sender.abandon(remainder).unwrap();
+    while !events.iter().any(|e| matches!(e, Event::Released { .. })) {
+        events.extend(sender.poll(Duration::from_millis(100)).unwrap());
+    }
+}
+
+#[test]
+fn a_disabled_ring_reports_its_error() {
+    let ring = IoUring::builder().setup_r_disabled().build(8).unwrap();
+    let mut sender = FrameSender::with_ring(ring, 1, 4096, Policy::always(Path::Copy)).unwrap();
+    let (tx, _rx) = connected();
+    let mut batch = Batch::new();
+    batch.push(b"header", Payload::None).unwrap();
+    match sender.submit(tx.as_fd(), batch) {
+        Err(FrameError::Ring { id: Some(_), errno }) => assert_eq!(errno, libc::EBADFD),
+        other => panic!("expected the ring's EBADFD, got {other:?}"),
+    }
+}
+
+#[test]
+fn wait_for_gives_up_at_the_callers_timeout() {
+    let mut sender = FrameSender::new(64, BUFFERS, BUFFER_LEN).unwrap();
+    let (tx, rx) = connected();
+    nix::sys::socket::setsockopt(&tx, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+    let mut batch = Batch::new();
+    batch
+        .push(&header(0, 200_000), filled(&sender, 0, 0, 200_000))
+        .unwrap();
+    let id = sender.submit(tx.as_fd(), batch).unwrap();
+    let start = Instant::now();
+    let err = sender.wait_for(id, Duration::from_millis(300)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    drop(rx);
+}
+
+#[test]
+fn bad_batches_are_refused_before_anything_is_sent() {
+    let (mut ring, pool, mut core) = core_ring(Policy::always(Path::Copy));
+    let (tx, _rx) = connected();
+    assert_eq!(
+        core.submit(&mut ring, tx.as_fd(), Batch::new()).err(),
+        Some(FrameError::Empty)
+    );
+    let stray = TxPool::new(1, 4096).unwrap();
+    let mut batch = Batch::new();
+    batch
+        .push(b"h", Payload::Fixed(stray.lease(4).unwrap()))
+        .unwrap();
+    assert_eq!(
+        core.submit(&mut ring, tx.as_fd(), batch).err(),
+        Some(FrameError::NotRegistered { frame: 0 })
+    );
+    let mut other = IoUring::new(4).unwrap();
+    let mut batch = Batch::new();
+    batch
+        .push(b"h", Payload::Fixed(pool.lease(4).unwrap()))
+        .unwrap();
+    assert_eq!(
+        core.submit(&mut other, tx.as_fd(), batch).err(),
+        Some(FrameError::WrongRing)
+    );
+    assert_eq!(core.in_flight(), 0);
 }

@@ -1,0 +1,272 @@
+//! One submission of a request to the kernel: its iovecs, attributes and
+//! msghdr (the memory the SQE points to), built from the unsent part of the
+//! batch, and the SQE itself.
+
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+use io_uring::{opcode, squeue, types};
+
+use super::batch::{Batch, Payload};
+use super::path::RequestPath;
+use super::pool::Lease;
+use crate::sqe::SendSqe;
+use crate::sys::{self, io_uring_zc_iov_attr};
+
+/// The socket a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Socket {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
+/// Memory an SQE points to. The vectors' heap memory does not move when an
+/// `Attempt` does, so the pointers stay valid for as long as it lives.
+pub(crate) struct Attempt {
+    /// What `msg` points to; read by the kernel only.
+    _iov: Vec<libc::iovec>,
+    attrs: Vec<io_uring_zc_iov_attr>,
+    msg: Box<libc::msghdr>,
+    _name: Box<libc::sockaddr_storage>,
+    _control: Vec<u64>,
+    /// Token of the result CQE, until it arrives.
+    pub(crate) result: Option<u64>,
+    /// Token of the notification CQE, until it arrives (or is known not to).
+    pub(crate) notif: Option<u64>,
+}
+
+// SAFETY: the raw pointers inside refer only to heap memory owned by this
+// attempt or by the request it belongs to, which moves with it.
+unsafe impl Send for Attempt {}
+
+/// One piece of the wire: its address, length and attribute.
+fn piece(
+    ptr: *const u8,
+    len: usize,
+    attr: io_uring_zc_iov_attr,
+) -> (libc::iovec, io_uring_zc_iov_attr) {
+    (
+        libc::iovec {
+            iov_base: ptr.cast_mut().cast(),
+            iov_len: len,
+        },
+        attr,
+    )
+}
+
+/// `addr` as a sockaddr, and its length.
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all-zero is AF_UNSPEC.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for
+            // sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// A UDP_SEGMENT control message, in u64s for its alignment.
+fn segment_cmsg(size: u16) -> Vec<u64> {
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+    let mut buf = vec![0u64; space.div_ceil(8)];
+    let cmsg = libc::cmsghdr {
+        // SAFETY: CMSG_LEN only computes a size.
+        cmsg_len: unsafe { libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) } as usize,
+        cmsg_level: libc::SOL_UDP,
+        cmsg_type: libc::UDP_SEGMENT,
+    };
+    let base: *mut u8 = buf.as_mut_ptr().cast();
+    // SAFETY: buf holds CMSG_SPACE(2) bytes, aligned for cmsghdr (u64); the
+    // header goes first and the u16 right after it, at CMSG_DATA's offset.
+    unsafe {
+        std::ptr::write(base.cast::<libc::cmsghdr>(), cmsg);
+        std::ptr::write_unaligned(base.add(std::mem::size_of::<libc::cmsghdr>()).cast(), size);
+    }
+    buf
+}
+
+impl Attempt {
+    /// The unsent part of `batch` (after `sent` bytes), for `path`.
+    /// `staged` holds the headers for [`RequestPath::FixedBuf`].
+    pub(crate) fn build(
+        batch: &Batch,
+        sent: usize,
+        path: RequestPath,
+        staged: Option<&Lease>,
+    ) -> Attempt {
+        let mut skip = sent;
+        let mut header_at = 0;
+        let mut pieces = Vec::with_capacity(batch.iovecs());
+        for (bytes, payload) in batch.pieces() {
+            let ptr = match (payload, staged) {
+                // SAFETY: the staged lease holds a copy of all headers, and
+                // header pieces come in the order they were copied in.
+                (None, Some(stage)) => unsafe { stage.as_ptr().add(header_at) },
+                _ => bytes.as_ptr(),
+            };
+            if payload.is_none() {
+                header_at += bytes.len();
+            }
+            if skip >= bytes.len() {
+                skip -= bytes.len();
+                continue;
+            }
+            let attr = match (payload, path) {
+                (_, RequestPath::Copy | RequestPath::FixedBuf { .. }) => {
+                    io_uring_zc_iov_attr::copy()
+                }
+                (None, _) => io_uring_zc_iov_attr::copy(),
+                (Some(Payload::Fixed(lease)), _) => {
+                    io_uring_zc_iov_attr::fixed(lease.registration().map_or(0, |(_, i)| i))
+                }
+                (Some(_), _) => io_uring_zc_iov_attr::user(),
+            };
+            // SAFETY: skip < bytes.len(), so the result is inside the piece.
+            pieces.push(piece(unsafe { ptr.add(skip) }, bytes.len() - skip, attr));
+            skip = 0;
+        }
+        let (iov, attrs): (Vec<_>, Vec<_>) = pieces.into_iter().unzip();
+        let (name, name_len) = match batch.dest {
+            Some(addr) => sockaddr(addr),
+            // SAFETY: sockaddr_storage is plain data.
+            None => (unsafe { std::mem::zeroed() }, 0),
+        };
+        let name = Box::new(name);
+        let control = batch.segment.map(segment_cmsg).unwrap_or_default();
+        // SAFETY: msghdr is plain data; all-zero is an empty message.
+        let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        msg.msg_iov = iov.as_ptr().cast_mut();
+        msg.msg_iovlen = iov.len();
+        if name_len > 0 {
+            msg.msg_name = (&*name as *const libc::sockaddr_storage).cast_mut().cast();
+            msg.msg_namelen = name_len;
+        }
+        if !control.is_empty() {
+            msg.msg_control = control.as_ptr().cast_mut().cast();
+            msg.msg_controllen = control.len() * 8;
+        }
+        Attempt {
+            _iov: iov,
+            attrs,
+            msg,
+            _name: name,
+            _control: control,
+            result: None,
+            notif: None,
+        }
+    }
+
+    /// The SQE: plain SENDMSG, or SENDMSG_ZC whose notification posts with
+    /// its own token. `buf_index` is the ring index for FixedBuf.
+    pub(crate) fn sqe(
+        &mut self,
+        socket: Socket,
+        path: RequestPath,
+        buf_index: u16,
+        flags: u32,
+        result: u64,
+        notif: u64,
+    ) -> squeue::Entry {
+        self.result = Some(result);
+        let msg: *const libc::msghdr = &*self.msg;
+        if path == RequestPath::Copy {
+            let op = match socket {
+                Socket::Fd(fd) => opcode::SendMsg::new(types::Fd(fd), msg),
+                Socket::Fixed(i) => opcode::SendMsg::new(types::Fixed(i), msg),
+            };
+            return op.flags(flags).build().user_data(result);
+        }
+        self.notif = Some(notif);
+        let (fd, fixed_file) = match socket {
+            Socket::Fd(fd) => (fd, 0),
+            Socket::Fixed(i) => (i as i32, io_uring::squeue::Flags::FIXED_FILE.bits()),
+        };
+        let mut sqe = SendSqe::sendmsg_zc(fd, msg).user_data(result);
+        sqe.flags |= fixed_file;
+        sqe.msg_flags = flags;
+        sqe.addr3 = notif;
+        match path {
+            RequestPath::FixedBuf { .. } => {
+                sqe.ioprio |= sys::IORING_RECVSEND_FIXED_BUF;
+                sqe.buf_index = buf_index;
+            }
+            _ => sqe = sqe.iov_attrs(self.attrs.as_ptr()),
+        }
+        sqe.into_entry()
+    }
+
+    /// True once neither of its CQEs is outstanding.
+    pub(crate) fn done(&self) -> bool {
+        self.result.is_none() && self.notif.is_none()
+    }
+}
+
+/// Pages a piece of `len` bytes at `addr` spans: the skb frags it needs
+/// when zero-copied.
+pub(crate) fn pages_spanned(addr: usize, len: usize) -> usize {
+    const PAGE: usize = 4096;
+    if len == 0 {
+        return 0;
+    }
+    (addr + len - 1) / PAGE - addr / PAGE + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_the_unsent_part() {
+        let mut batch = Batch::new();
+        batch.push(b"head", Payload::Owned(vec![7; 10])).unwrap();
+        batch.push(b"h2", Payload::None).unwrap();
+        let all = Attempt::build(&batch, 0, RequestPath::PerIovec, None);
+        assert_eq!(
+            all._iov.iter().map(|v| v.iov_len).collect::<Vec<_>>(),
+            [4, 10, 2]
+        );
+        let rest = Attempt::build(&batch, 6, RequestPath::PerIovec, None);
+        assert_eq!(
+            rest._iov.iter().map(|v| v.iov_len).collect::<Vec<_>>(),
+            [8, 2]
+        );
+        assert_eq!(rest.attrs[0], io_uring_zc_iov_attr::user());
+        assert_eq!(rest.attrs[1], io_uring_zc_iov_attr::copy());
+        assert_eq!(rest.msg.msg_iovlen, 2);
+    }
+
+    #[test]
+    fn counts_pages() {
+        assert_eq!(pages_spanned(0, 4096), 1);
+        assert_eq!(pages_spanned(4095, 2), 2);
+        assert_eq!(pages_spanned(100, 0), 0);
+        assert_eq!(pages_spanned(4096, 8193), 3);
+    }
+}
