@@ -610,3 +610,14 @@ fn bad_batches_are_refused_before_anything_is_sent() {
     );
     assert_eq!(core.in_flight(), 0);
 }
+
+#[test]
+fn the_api_can_move_to_another_thread() {
+    fn send<T: Send>() {}
+    send::<SendCore>();
+    send::<FrameSender>();
+    send::<TxPool>();
+    send::<sendzc_iov::frame::Lease>();
+    send::<Batch>();
+    send::<Event>();
+}

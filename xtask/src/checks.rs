@@ -15,7 +15,8 @@ use crate::report::{tally, Tally};
 use crate::source;
 use crate::suites::liburing;
 
-/// fmt, clippy -D warnings, rustdoc -D warnings, and the host unit tests.
+/// fmt, clippy -D warnings, rustdoc -D warnings, the crate's package, and
+/// the host unit tests.
 pub fn host_checks(layout: &Layout) -> Result<Tally> {
     let sh = Shell::new()?;
     let _cd = sh.push_dir(&layout.root);
@@ -34,6 +35,13 @@ pub fn host_checks(layout: &Layout) -> Result<Tally> {
             .run()
             .context("cargo doc has warnings")?;
     }
+    // What crates.io would take: metadata, README, a build from the package.
+    cmd!(
+        sh,
+        "cargo publish --dry-run --quiet --allow-dirty -p sendzc-iov"
+    )
+    .run()
+    .context("cargo publish --dry-run -p sendzc-iov failed")?;
     // The VM suites run in the guest (vm-test); on the host they only build.
     // c_header needs the patched kernel's headers: it is ignored here, and
     // check-uapi runs it.
