@@ -1,9 +1,11 @@
-//! The suites that run in the guest, one module each: ours (rust.rs), the
-//! kernel's zero-copy selftest (selftest.rs) and liburing's (liburing/).
+//! The suites that run in the guest, one module each: ours (rust.rs, and
+//! the crate's examples in examples.rs), the kernel's zero-copy selftest
+//! (selftest.rs) and liburing's (liburing/).
 //! Suites written by others are peer suites: we build and run them, we do
 //! not edit them. Each says what it runs in the guest ([`PeerSuite`]) and
 //! how its result is judged ([`Judge`]).
 
+pub mod examples;
 pub mod liburing;
 pub mod rust;
 pub mod selftest;
@@ -26,9 +28,10 @@ pub struct Peers {
     pub selection: liburing::Selection,
 }
 
-/// Builds the peer suites against `kernel` and stages them into the
-/// guest's output directory `out`: the kernel selftest, then liburing's
-/// tests (with kernel-patches/liburing/ applied).
+/// Builds the suites that run after our tests against `kernel` and stages
+/// them into the guest's output directory `out`: the crate's examples,
+/// the kernel selftest, then liburing's tests (with
+/// kernel-patches/liburing/ applied).
 pub fn build_peers(
     layout: &Layout,
     options: &Options,
@@ -36,7 +39,10 @@ pub fn build_peers(
     out: &Path,
 ) -> Result<Peers> {
     let selection = liburing::selection(layout)?;
-    let mut suites = vec![selftest::build(layout, &kernel.src, &kernel.build)?];
+    let mut suites = vec![
+        examples::build(layout)?,
+        selftest::build(layout, &kernel.src, &kernel.build)?,
+    ];
     let tree = liburing::build(layout, liburing::Flavour::Patched)?;
     suites.extend(liburing::stage(
         &tree,
