@@ -82,18 +82,33 @@ impl Drop for Mounts {
     }
 }
 
-/// Unmounts whatever an interrupted earlier run left under `rootfs`.
-fn unmount_leftovers(sh: &Shell, rootfs: &Path) -> Result<()> {
+/// Mount points at or below `rootfs`, deepest first.
+fn mounts_under(rootfs: &Path) -> Result<Vec<String>> {
     let mounts = fs::read_to_string("/proc/self/mounts")?;
     let prefix = rootfs.display().to_string();
-    let mut points: Vec<&str> = mounts
+    let mut points: Vec<String> = mounts
         .lines()
         .filter_map(|l| l.split_whitespace().nth(1))
         .filter(|p| p.starts_with(&prefix))
+        .map(str::to_string)
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for point in points {
+    Ok(points)
+}
+
+/// Unmounts whatever an interrupted earlier run left under `rootfs`, and
+/// makes sure nothing is left: removing the old rootfs with the host's
+/// /dev or toolchain still bound into it would delete them.
+fn unmount_leftovers(sh: &Shell, rootfs: &Path) -> Result<()> {
+    for point in mounts_under(rootfs)? {
         let _ = cmd!(sh, "umount -R --lazy {point}").quiet().run();
+    }
+    let left = mounts_under(rootfs)?;
+    if !left.is_empty() {
+        bail!(
+            "still mounted under the old chroot, not removing it: {}",
+            left.join(" ")
+        );
     }
     Ok(())
 }
