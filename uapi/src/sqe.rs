@@ -1,18 +1,205 @@
 //! Submission entries for the zero-copy sends, with the fields the
 //! `io-uring` crate has no setter for (`sqe->zc_iov_attr`, SENDMSG_ZC's
-//! `buf_index`).
+//! `buf_index`, the notification's own user_data in `sqe->addr3`).
 //!
-//! [`SendSqe`] mirrors the 64-byte `struct io_uring_sqe` as the send opcodes
-//! use it. The layout is checked against the C header of the patched kernel
-//! (`cargo xtask check-uapi`) and, here, against the size of
+//! [`SendMsgZc`] and [`SendZc`] are builders in the style of the `io-uring`
+//! crate's `opcode` module: required arguments in `new`, optional fields as
+//! setters, `build()` gives an [`io_uring::squeue::Entry`]. Pushing it is
+//! unsafe there, as for any entry: everything its pointers refer to must
+//! outlive the request (until its notification).
+//!
+//! [`SendSqe`] mirrors the 64-byte `struct io_uring_sqe` as the send
+//! opcodes use it, field by field: not API, but what the builders fill in,
+//! and what the adversarial tests use to write bits no builder would. The
+//! layout is checked against the C header of the patched kernel (`cargo
+//! xtask check-uapi`) and, here, against the size of
 //! [`io_uring::squeue::Entry`], which is a `#[repr(C)]` wrapper around the
 //! same C struct.
 
-use io_uring::squeue;
+use io_uring::{squeue, types};
 
 use crate::sys;
 
-/// `struct io_uring_sqe` as SEND_ZC and SENDMSG_ZC read it.
+/// The socket of a send: a file descriptor or a registered file.
+#[derive(Debug, Clone, Copy)]
+pub enum Socket {
+    /// A file descriptor.
+    Fd(types::Fd),
+    /// A registered file (`IOSQE_FIXED_FILE`).
+    Fixed(types::Fixed),
+}
+
+impl From<types::Fd> for Socket {
+    fn from(fd: types::Fd) -> Socket {
+        Socket::Fd(fd)
+    }
+}
+
+impl From<types::Fixed> for Socket {
+    fn from(file: types::Fixed) -> Socket {
+        Socket::Fixed(file)
+    }
+}
+
+/// The fields both builders share.
+#[derive(Debug, Clone, Copy, Default)]
+struct Common {
+    ioprio: u16,
+    msg_flags: u32,
+    buf_index: Option<u16>,
+    iov_attrs: Option<*const sys::io_uring_zc_iov_attr>,
+    notif_user_data: u64,
+    personality: u16,
+}
+
+impl Common {
+    /// Fills `sqe` with these fields and the socket.
+    fn apply(self, mut sqe: SendSqe, socket: Socket) -> squeue::Entry {
+        match socket {
+            Socket::Fd(fd) => sqe.fd = fd.0,
+            Socket::Fixed(file) => {
+                sqe.fd = file.0 as i32;
+                sqe.flags |= squeue::Flags::FIXED_FILE.bits();
+            }
+        }
+        sqe.ioprio |= self.ioprio;
+        sqe.msg_flags = self.msg_flags;
+        if let Some(index) = self.buf_index {
+            sqe.ioprio |= sys::IORING_RECVSEND_FIXED_BUF;
+            sqe.buf_index = index;
+        }
+        if let Some(attrs) = self.iov_attrs {
+            sqe = sqe.iov_attrs(attrs);
+        }
+        sqe.addr3 = self.notif_user_data;
+        sqe.personality = self.personality;
+        sqe.into_entry()
+    }
+}
+
+/// Setters both builders have, on `$t` with its `common` field.
+macro_rules! common_setters {
+    ($t:ty) => {
+        impl $t {
+            /// More `IORING_RECVSEND_*` / `IORING_SEND_*` flags in
+            /// `sqe->ioprio` (e.g. `IORING_SEND_ZC_REPORT_USAGE`).
+            pub fn ioprio(mut self, flags: u16) -> Self {
+                self.common.ioprio |= flags;
+                self
+            }
+
+            /// `MSG_*` flags.
+            pub fn msg_flags(mut self, flags: u32) -> Self {
+                self.common.msg_flags = flags;
+                self
+            }
+
+            /// Zero-copy every iovec from registered buffer `index`
+            /// (`IORING_RECVSEND_FIXED_BUF`).
+            pub fn buf_index(mut self, index: u16) -> Self {
+                self.common.buf_index = Some(index);
+                self
+            }
+
+            /// Per-iovec attributes, one per iovec, at `attrs`
+            /// (`IORING_SEND_ZC_IOV_ATTR`).
+            pub fn iov_attrs(mut self, attrs: *const sys::io_uring_zc_iov_attr) -> Self {
+                self.common.iov_attrs = Some(attrs);
+                self
+            }
+
+            /// The user_data of the notification CQE (`sqe->addr3`; 0: the
+            /// request's own).
+            pub fn notif_user_data(mut self, user_data: u64) -> Self {
+                self.common.notif_user_data = user_data;
+                self
+            }
+
+            /// Credentials registered with IORING_REGISTER_PERSONALITY.
+            pub fn personality(mut self, personality: u16) -> Self {
+                self.common.personality = personality;
+                self
+            }
+        }
+    };
+}
+
+/// `IORING_OP_SENDMSG_ZC` of `msg`.
+#[derive(Debug, Clone, Copy)]
+pub struct SendMsgZc {
+    socket: Socket,
+    msg: *const libc::msghdr,
+    common: Common,
+}
+
+impl SendMsgZc {
+    /// The opcode.
+    pub const CODE: u8 = sys::IORING_OP_SENDMSG_ZC;
+
+    /// SENDMSG_ZC of `msg` on `socket`.
+    pub fn new(socket: impl Into<Socket>, msg: *const libc::msghdr) -> SendMsgZc {
+        SendMsgZc {
+            socket: socket.into(),
+            msg,
+            common: Common::default(),
+        }
+    }
+
+    /// The entry.
+    pub fn build(self) -> squeue::Entry {
+        self.common
+            .apply(SendSqe::sendmsg_zc(0, self.msg), self.socket)
+    }
+}
+
+common_setters!(SendMsgZc);
+
+/// `IORING_OP_SEND_ZC` with `IORING_SEND_VECTORIZED`: `len` iovecs at `iov`.
+#[derive(Debug, Clone, Copy)]
+pub struct SendZc {
+    socket: Socket,
+    iov: *const libc::iovec,
+    len: u32,
+    dest: Option<(*const libc::sockaddr, libc::socklen_t)>,
+    common: Common,
+}
+
+impl SendZc {
+    /// The opcode.
+    pub const CODE: u8 = sys::IORING_OP_SEND_ZC;
+
+    /// Vectorized SEND_ZC of `len` iovecs at `iov` on `socket`.
+    pub fn vectored(socket: impl Into<Socket>, iov: *const libc::iovec, len: u32) -> SendZc {
+        SendZc {
+            socket: socket.into(),
+            iov,
+            len,
+            dest: None,
+            common: Common::default(),
+        }
+    }
+
+    /// Sends to `addr` (unconnected sockets).
+    pub fn dest(mut self, addr: *const libc::sockaddr, len: libc::socklen_t) -> SendZc {
+        self.dest = Some((addr, len));
+        self
+    }
+
+    /// The entry.
+    pub fn build(self) -> squeue::Entry {
+        let mut sqe = SendSqe::send_zc_vectored(0, self.iov, self.len);
+        if let Some((addr, len)) = self.dest {
+            sqe = sqe.dest(addr, len);
+        }
+        self.common.apply(sqe, self.socket)
+    }
+}
+
+common_setters!(SendZc);
+
+/// `struct io_uring_sqe` as SEND_ZC and SENDMSG_ZC read it; not API (see
+/// the module documentation).
+#[doc(hidden)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SendSqe {
@@ -126,6 +313,40 @@ mod tests {
         assert_eq!(offset_of!(SendSqe, addr_len), 44);
         assert_eq!(offset_of!(SendSqe, addr3), 48);
         assert_eq!(offset_of!(SendSqe, zc_iov_attr), 56);
+    }
+
+    #[test]
+    fn builders_fill_the_fields() {
+        let attrs = [sys::io_uring_zc_iov_attr::copy()];
+        let msg = SendMsgZc::new(types::Fd(5), std::ptr::null())
+            .buf_index(3)
+            .ioprio(sys::IORING_SEND_ZC_REPORT_USAGE)
+            .msg_flags(libc::MSG_WAITALL as u32)
+            .notif_user_data(99)
+            .build()
+            .user_data(7);
+        // SAFETY: both are 64-byte images of struct io_uring_sqe.
+        let raw: SendSqe = unsafe { std::mem::transmute(msg) };
+        assert_eq!(raw.opcode, sys::IORING_OP_SENDMSG_ZC);
+        assert_eq!(raw.fd, 5);
+        assert_eq!(
+            raw.ioprio,
+            sys::IORING_RECVSEND_FIXED_BUF | sys::IORING_SEND_ZC_REPORT_USAGE
+        );
+        assert_eq!((raw.buf_index, raw.addr3, raw.user_data), (3, 99, 7));
+        let vec = SendZc::vectored(types::Fixed(2), std::ptr::null(), 4)
+            .iov_attrs(attrs.as_ptr())
+            .build();
+        // SAFETY: as above.
+        let raw: SendSqe = unsafe { std::mem::transmute(vec) };
+        assert_eq!(raw.opcode, sys::IORING_OP_SEND_ZC);
+        assert_eq!(raw.flags, squeue::Flags::FIXED_FILE.bits());
+        assert_eq!(
+            raw.ioprio,
+            sys::IORING_SEND_VECTORIZED | sys::IORING_SEND_ZC_IOV_ATTR
+        );
+        assert_eq!((raw.fd, raw.len), (2, 4));
+        assert_eq!(raw.zc_iov_attr, attrs.as_ptr() as u64);
     }
 
     #[test]

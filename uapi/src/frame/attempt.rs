@@ -10,8 +10,8 @@ use io_uring::{opcode, squeue, types};
 use super::batch::{Batch, Payload};
 use super::path::RequestPath;
 use super::pool::Lease;
-use crate::sqe::SendSqe;
-use crate::sys::{self, io_uring_zc_iov_attr};
+use crate::sqe::{self, SendMsgZc};
+use crate::sys::io_uring_zc_iov_attr;
 
 /// The socket a request goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -204,22 +204,18 @@ impl Attempt {
             return op.flags(flags).build().user_data(result);
         }
         self.notif = Some(notif);
-        let (fd, fixed_file) = match socket {
-            Socket::Fd(fd) => (fd, 0),
-            Socket::Fixed(i) => (i as i32, io_uring::squeue::Flags::FIXED_FILE.bits()),
+        let socket: sqe::Socket = match socket {
+            Socket::Fd(fd) => types::Fd(fd).into(),
+            Socket::Fixed(i) => types::Fixed(i).into(),
         };
-        let mut sqe = SendSqe::sendmsg_zc(fd, msg).user_data(result);
-        sqe.flags |= fixed_file;
-        sqe.msg_flags = flags;
-        sqe.addr3 = notif;
-        match path {
-            RequestPath::FixedBuf { .. } => {
-                sqe.ioprio |= sys::IORING_RECVSEND_FIXED_BUF;
-                sqe.buf_index = buf_index;
-            }
-            _ => sqe = sqe.iov_attrs(self.attrs.as_ptr()),
-        }
-        sqe.into_entry()
+        let op = SendMsgZc::new(socket, msg)
+            .msg_flags(flags)
+            .notif_user_data(notif);
+        let op = match path {
+            RequestPath::FixedBuf { .. } => op.buf_index(buf_index),
+            _ => op.iov_attrs(self.attrs.as_ptr()),
+        };
+        op.build().user_data(result)
     }
 
     /// True once neither of its CQEs is outstanding.

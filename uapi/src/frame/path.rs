@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 
 use io_uring::{types, IoUring};
 
-use crate::sqe::SendSqe;
+use crate::sqe::SendMsgZc;
 use crate::sys;
 
 /// What the running kernel offers for zero-copy sends.
@@ -157,12 +157,14 @@ fn trial_fixed_buf(own_notif: bool) -> io::Result<bool> {
     let mut ring = IoUring::new(4)?;
     // SAFETY: `byte` outlives the ring (see above).
     unsafe { ring.submitter().register_buffers(&iov)? };
-    let mut sqe = SendSqe::sendmsg_zc(sock.as_raw_fd(), &msg).user_data(RESULT);
-    sqe.ioprio |= sys::IORING_RECVSEND_FIXED_BUF;
     let notif = if own_notif { NOTIF } else { RESULT };
-    sqe.addr3 = if own_notif { NOTIF } else { 0 };
+    let entry = SendMsgZc::new(types::Fd(sock.as_raw_fd()), &msg)
+        .buf_index(0)
+        .notif_user_data(if own_notif { NOTIF } else { 0 })
+        .build()
+        .user_data(RESULT);
     // SAFETY: msg, iov and byte outlive the ring (see above).
-    unsafe { ring.submission().push(&sqe.into_entry()) }
+    unsafe { ring.submission().push(&entry) }
         .map_err(|_| io::Error::other("trial ring is full"))?;
     let (mut result, mut notified) = (None, false);
     while !notified && !matches!(result, Some((_, false))) {
