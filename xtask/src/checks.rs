@@ -12,8 +12,8 @@ use crate::kernel::{self, Kernel};
 use crate::layout::{Layout, Profile};
 use crate::phase::Phases;
 use crate::report::{tally, Tally};
-use crate::source;
 use crate::suites::liburing;
+use crate::{io_uring_crate, source};
 
 /// fmt, clippy -D warnings, rustdoc -D warnings, the crate's package, and
 /// the host unit tests.
@@ -165,6 +165,9 @@ pub fn check_patches(layout: &Layout, phases: &mut Phases) -> Result<()> {
     }
     phases.run("W=1", || w1_check(layout, &src, &build, &patches))?;
     phases.run("liburing series", || liburing::check_series(layout))?;
+    phases.run("io-uring crate series", || {
+        io_uring_crate::check_series(layout)
+    })?;
     phases.run("send-email --dry-run", || {
         // The kernel series touches the networking path: netdev is Cc'd.
         mail_ready(&layout.patches(), patches.len(), &[NETDEV])?;

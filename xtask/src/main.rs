@@ -15,6 +15,7 @@ mod checks;
 mod ci;
 mod fresh;
 mod guest;
+mod io_uring_crate;
 mod kernel;
 mod layout;
 mod options;
