@@ -621,3 +621,70 @@ fn the_api_can_move_to_another_thread() {
     send::<Batch>();
     send::<Event>();
 }
+
+#[test]
+fn a_registered_file_is_a_target() {
+    let (mut ring, pool, mut core) = core_ring(Policy::always(Path::detect().unwrap()));
+    let (tx, mut rx) = connected();
+    ring.submitter()
+        .register_files(&[std::os::fd::AsRawFd::as_raw_fd(&tx)])
+        .unwrap();
+    let mut lease = pool.lease(65536).unwrap();
+    lease.copy_from_slice(&pattern(4, 65536));
+    let mut batch = Batch::new();
+    batch
+        .push(&header(4, 65536), Payload::Fixed(lease))
+        .unwrap();
+    let target = Target::fixed(
+        io_uring::types::Fixed(0),
+        sendzc_iov::frame::SocketKind::Stream,
+    );
+    core.submit(&mut ring, target, batch).unwrap();
+    ring.submit().unwrap();
+    let mut got = vec![0; 24 + 65536];
+    rx.read_exact(&mut got).unwrap();
+    assert!(got[24..] == pattern(4, 65536)[..]);
+    let mut released = false;
+    while !released {
+        for event in reap(&mut ring).iter().flat_map(|c| core.complete(c)) {
+            assert!(!matches!(event, Event::Failed { .. }), "{event:?}");
+            released |= matches!(event, Event::Released { .. });
+        }
+    }
+}
+
+#[test]
+fn control_messages_reach_the_socket() {
+    // IP_TOS as a control message of the send, read back with IP_RECVTOS.
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_read_timeout(Some(WAIT)).unwrap();
+    nix::sys::socket::setsockopt(&rx, nix::sys::socket::sockopt::IpRecvTos, &true).unwrap();
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut sender = FrameSender::new(8, 1, 4096).unwrap();
+    let mut batch = Batch::new();
+    batch.push(b"tos", Payload::None).unwrap();
+    batch
+        .to(rx.local_addr().unwrap())
+        .control(libc::SOL_IP, libc::IP_TOS, &0x28i32.to_ne_bytes());
+    let id = sender.submit(tx.as_fd(), batch).unwrap();
+    until_released(&mut sender, &[id]);
+    let mut buf = [0u8; 16];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!(u8);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        std::os::fd::AsRawFd::as_raw_fd(&rx),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    let tos: Vec<u8> = msg
+        .cmsgs()
+        .unwrap()
+        .filter_map(|c| match c {
+            nix::sys::socket::ControlMessageOwned::Ipv4Tos(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tos, [0x28]);
+}

@@ -91,23 +91,31 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
-/// A UDP_SEGMENT control message, in u64s for its alignment.
-fn segment_cmsg(size: u16) -> Vec<u64> {
+/// The control messages, laid out as CMSG_* would, in u64s for the
+/// alignment of cmsghdr.
+fn control_buffer(messages: &[(i32, i32, Vec<u8>)]) -> Vec<u64> {
     // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
-    let mut buf = vec![0u64; space.div_ceil(8)];
-    let cmsg = libc::cmsghdr {
-        // SAFETY: CMSG_LEN only computes a size.
-        cmsg_len: unsafe { libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) } as usize,
-        cmsg_level: libc::SOL_UDP,
-        cmsg_type: libc::UDP_SEGMENT,
-    };
+    let space = |len: usize| unsafe { libc::CMSG_SPACE(len as u32) } as usize;
+    let total: usize = messages.iter().map(|(_, _, d)| space(d.len())).sum();
+    let mut buf = vec![0u64; total.div_ceil(8)];
     let base: *mut u8 = buf.as_mut_ptr().cast();
-    // SAFETY: buf holds CMSG_SPACE(2) bytes, aligned for cmsghdr (u64); the
-    // header goes first and the u16 right after it, at CMSG_DATA's offset.
-    unsafe {
-        std::ptr::write(base.cast::<libc::cmsghdr>(), cmsg);
-        std::ptr::write_unaligned(base.add(std::mem::size_of::<libc::cmsghdr>()).cast(), size);
+    let mut at = 0;
+    for (level, ty, data) in messages {
+        let cmsg = libc::cmsghdr {
+            // SAFETY: CMSG_LEN only computes a size.
+            cmsg_len: unsafe { libc::CMSG_LEN(data.len() as u32) } as usize,
+            cmsg_level: *level,
+            cmsg_type: *ty,
+        };
+        // SAFETY: buf holds the CMSG_SPACE of every message; each header goes
+        // at an offset CMSG_SPACE keeps aligned for cmsghdr (u64-aligned
+        // base), and its data right after it, as CMSG_DATA places it.
+        unsafe {
+            std::ptr::write(base.add(at).cast::<libc::cmsghdr>(), cmsg);
+            let payload = base.add(at + std::mem::size_of::<libc::cmsghdr>());
+            std::ptr::copy_nonoverlapping(data.as_ptr(), payload, data.len());
+        }
+        at += space(data.len());
     }
     buf
 }
@@ -159,7 +167,7 @@ impl Attempt {
             None => (unsafe { std::mem::zeroed() }, 0),
         };
         let name = Box::new(name);
-        let control = batch.segment.map(segment_cmsg).unwrap_or_default();
+        let control = control_buffer(&batch.control);
         // SAFETY: msghdr is plain data; all-zero is an empty message.
         let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         msg.msg_iov = iov.as_ptr().cast_mut();
@@ -256,6 +264,20 @@ mod tests {
         assert_eq!(rest.attrs[0], io_uring_zc_iov_attr::user());
         assert_eq!(rest.attrs[1], io_uring_zc_iov_attr::copy());
         assert_eq!(rest.msg.msg_iovlen, 2);
+    }
+
+    #[test]
+    fn lays_out_control_messages() {
+        let buf = control_buffer(&[(1, 2, vec![0xaa; 2]), (3, 4, vec![0xbb; 8])]);
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = |n| unsafe { libc::CMSG_SPACE(n) } as usize;
+        assert_eq!(buf.len() * 8, space(2) + space(8));
+        let bytes: &[u8] =
+            unsafe { std::slice::from_raw_parts(buf.as_ptr().cast(), buf.len() * 8) };
+        let hdr = std::mem::size_of::<libc::cmsghdr>();
+        assert_eq!(&bytes[hdr..hdr + 2], [0xaa; 2]);
+        assert_eq!(&bytes[space(2) + hdr..space(2) + hdr + 8], [0xbb; 8]);
+        assert!(control_buffer(&[]).is_empty());
     }
 
     #[test]

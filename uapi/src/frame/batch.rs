@@ -56,7 +56,8 @@ pub struct Batch {
     pub(crate) headers: Vec<u8>,
     pub(crate) frames: Vec<Frame>,
     pub(crate) dest: Option<SocketAddr>,
-    pub(crate) segment: Option<u16>,
+    /// Control messages: (level, type, data), in order.
+    pub(crate) control: Vec<(i32, i32, Vec<u8>)>,
     pub(crate) msg_flags: u32,
 }
 
@@ -101,7 +102,13 @@ impl Batch {
     /// UDP_SEGMENT: the kernel cuts the request into datagrams of `size`
     /// bytes (GSO), so one request can carry a train of datagrams.
     pub fn segment_size(&mut self, size: u16) -> &mut Batch {
-        self.segment = Some(size);
+        self.control(libc::SOL_UDP, libc::UDP_SEGMENT, &size.to_ne_bytes())
+    }
+
+    /// Adds a control message (`cmsg_level`, `cmsg_type`, its data), e.g.
+    /// `SOL_SOCKET`/`SCM_TXTIME` with a u64, or `SOL_IP`/`IP_TOS` with an int.
+    pub fn control(&mut self, level: i32, ty: i32, data: &[u8]) -> &mut Batch {
+        self.control.push((level, ty, data.to_vec()));
         self
     }
 
