@@ -8,88 +8,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 
-use io_uring::{cqueue, types, IoUring};
+use io_uring::{cqueue, IoUring};
 
-use super::attempt::{pages_spanned, Attempt, Socket};
+use super::attempt::{Attempt, Socket};
 use super::batch::{Batch, Payload};
 use super::path::{Offers, Path, Policy, RequestPath};
 use super::pool::Lease;
+use super::target::{SocketKind, Target};
 use super::token::Tokens;
 use super::{Event, FrameError, Remainder, RequestId};
 use crate::sys;
-
-/// Frags one skb holds (`MAX_SKB_FRAGS` of a default kernel config): a
-/// zero-copy datagram needs one per piece and page, or the send fails
-/// with EMSGSIZE.
-pub const MAX_SKB_FRAGS: usize = 17;
-/// Most COPY bytes the per-iovec path takes in a request that also
-/// zero-copies (the series' cap, `-E2BIG` above it).
-const COPY_CAP: usize = 64 * 1024;
-
-/// What a socket does with bytes: kept in order, or one datagram per send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SocketKind {
-    /// SOCK_STREAM: requests are sent one after the other, in order.
-    Stream,
-    /// SOCK_DGRAM: requests go out concurrently; zero-copy only within the
-    /// frag budget of one skb.
-    Datagram,
-}
-
-/// Where a request goes: a socket, or a registered file with its kind.
-#[derive(Debug, Clone, Copy)]
-pub struct Target {
-    socket: Socket,
-    kind: SocketKind,
-}
-
-impl Target {
-    /// Registered file `file` (`types::Fixed`), a socket of `kind`.
-    pub fn fixed(file: types::Fixed, kind: SocketKind) -> Target {
-        Target {
-            socket: Socket::Fixed(file.0),
-            kind,
-        }
-    }
-
-    /// `fd`; its kind from `SO_TYPE` (a stream if it cannot be read).
-    pub fn fd(fd: RawFd) -> Target {
-        let mut kind: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `kind`.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_TYPE,
-                (&mut kind as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        let kind = match (rc, kind) {
-            (0, libc::SOCK_DGRAM) => SocketKind::Datagram,
-            _ => SocketKind::Stream,
-        };
-        Target {
-            socket: Socket::Fd(fd),
-            kind,
-        }
-    }
-}
-
-impl From<BorrowedFd<'_>> for Target {
-    fn from(fd: BorrowedFd<'_>) -> Target {
-        Target::fd(fd.as_raw_fd())
-    }
-}
-
-impl From<types::Fd> for Target {
-    fn from(fd: types::Fd) -> Target {
-        Target::fd(fd.0)
-    }
-}
 
 /// Where a request is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,82 +137,7 @@ impl SendCore {
 
     /// The path [`SendCore::submit`] would give `batch` to `target`.
     pub fn path_for(&self, target: Target, batch: &Batch) -> RequestPath {
-        self.choose(target, batch).0
-    }
-
-    fn choose(&self, target: Target, batch: &Batch) -> (RequestPath, Option<Lease>) {
-        let payload: usize = batch.frames.iter().map(|f| f.payload.len()).sum();
-        if payload < self.policy.copy_below.max(1) {
-            return (RequestPath::Copy, None);
-        }
-        let datagram = target.kind == SocketKind::Datagram;
-        match self.policy.path {
-            Path::Copy => (RequestPath::Copy, None),
-            Path::PerIovec => {
-                let frags: usize = batch
-                    .pieces()
-                    .map(|(bytes, p)| match p {
-                        None => 1,
-                        Some(_) => pages_spanned(bytes.as_ptr() as usize, bytes.len()),
-                    })
-                    .sum();
-                if batch.headers.len() > COPY_CAP || (datagram && frags > MAX_SKB_FRAGS) {
-                    (RequestPath::Copy, None)
-                } else {
-                    (RequestPath::PerIovec, None)
-                }
-            }
-            Path::FixedBuf => Self::choose_fixed_buf(batch, datagram),
-        }
-    }
-
-    /// FixedBuf for a batch whose payloads are all leases of one buffer,
-    /// with room in it for the headers and, on a datagram, few enough frags.
-    fn choose_fixed_buf(batch: &Batch, datagram: bool) -> (RequestPath, Option<Lease>) {
-        let mut leases = batch.frames.iter().filter_map(|f| match &f.payload {
-            Payload::Fixed(lease) => Some(lease),
-            _ => None,
-        });
-        let Some(first) = leases.next() else {
-            return (RequestPath::Copy, None);
-        };
-        let one_buffer = leases.all(|l| l.same_pool(first) && l.buf() == first.buf());
-        let no_owned = batch
-            .frames
-            .iter()
-            .all(|f| !matches!(f.payload, Payload::Owned(_)));
-        if !one_buffer || !no_owned {
-            return (RequestPath::Copy, None);
-        }
-        let staged = match batch.headers.len() {
-            0 => None,
-            n => match first.sibling(n) {
-                Some(mut lease) => {
-                    lease.copy_from_slice(&batch.headers);
-                    Some(lease)
-                }
-                None => return (RequestPath::Copy, None),
-            },
-        };
-        if datagram {
-            let mut frags = 0;
-            let mut header_at = staged.as_ref().map(|s| s.as_ptr() as usize);
-            for (bytes, p) in batch.pieces() {
-                let addr = match (p, header_at.as_mut()) {
-                    (None, Some(at)) => {
-                        let a = *at;
-                        *at += bytes.len();
-                        a
-                    }
-                    _ => bytes.as_ptr() as usize,
-                };
-                frags += pages_spanned(addr, bytes.len());
-            }
-            if frags > MAX_SKB_FRAGS {
-                return (RequestPath::Copy, None);
-            }
-        }
-        (RequestPath::FixedBuf { buf: first.buf() }, staged)
+        self.policy.choose(target.kind, batch).0
     }
 
     /// Checks `batch` against this core's ring.
@@ -322,7 +177,7 @@ impl SendCore {
         self.check_ring(ring)?;
         self.validate(&batch)?;
         let target = target.into();
-        let (path, staged) = self.choose(target, &batch);
+        let (path, staged) = self.policy.choose(target.kind, &batch);
         let id = self.next_id;
         self.next_id += 1;
         let mut state = State::Ready;

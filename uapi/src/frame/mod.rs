@@ -133,16 +133,19 @@ mod core;
 mod path;
 mod pool;
 mod sender;
+mod target;
 mod token;
 
 use std::fmt;
 use std::io;
 
 pub use self::batch::{Batch, Payload, Resume, MAX_BYTES, MAX_IOVECS};
-pub use self::core::{SendCore, SocketKind, Target, MAX_SKB_FRAGS};
+pub use self::core::SendCore;
+pub use self::path::MAX_SKB_FRAGS;
 pub use self::path::{Offers, Path, Policy, RequestPath};
 pub use self::pool::{Lease, TxPool};
 pub use self::sender::FrameSender;
+pub use self::target::{SocketKind, Target};
 
 /// Why a request was refused before anything was submitted, or what the
 /// ring said when it was.

@@ -7,6 +7,10 @@ use std::os::fd::AsRawFd;
 
 use io_uring::{types, IoUring};
 
+use super::attempt::pages_spanned;
+use super::batch::{Batch, Payload};
+use super::pool::Lease;
+use super::target::SocketKind;
 use crate::sqe::SendMsgZc;
 use crate::sys;
 
@@ -72,6 +76,34 @@ impl Policy {
         }
     }
 
+    /// The path of `batch` to a socket of `kind`, and for FixedBuf the
+    /// lease its headers are staged in.
+    pub(crate) fn choose(&self, kind: SocketKind, batch: &Batch) -> (RequestPath, Option<Lease>) {
+        let payload: usize = batch.frames.iter().map(|f| f.payload.len()).sum();
+        if payload < self.copy_below.max(1) {
+            return (RequestPath::Copy, None);
+        }
+        let datagram = kind == SocketKind::Datagram;
+        match self.path {
+            Path::Copy => (RequestPath::Copy, None),
+            Path::PerIovec => {
+                let frags: usize = batch
+                    .pieces()
+                    .map(|(bytes, p)| match p {
+                        None => 1,
+                        Some(_) => pages_spanned(bytes.as_ptr() as usize, bytes.len()),
+                    })
+                    .sum();
+                if batch.headers.len() > COPY_CAP || (datagram && frags > MAX_SKB_FRAGS) {
+                    (RequestPath::Copy, None)
+                } else {
+                    (RequestPath::PerIovec, None)
+                }
+            }
+            Path::FixedBuf => choose_fixed_buf(batch, datagram),
+        }
+    }
+
     /// `path`, and no threshold: every request that can zero-copy does.
     pub fn always(path: Path) -> Policy {
         Policy {
@@ -79,6 +111,63 @@ impl Policy {
             copy_below: 0,
         }
     }
+}
+
+/// Frags one skb holds (`MAX_SKB_FRAGS` of a default kernel config): a
+/// zero-copy datagram needs one per piece and page, or the send fails
+/// with EMSGSIZE.
+pub const MAX_SKB_FRAGS: usize = 17;
+/// Most COPY bytes the per-iovec path takes in a request that also
+/// zero-copies (the series' cap, `-E2BIG` above it).
+const COPY_CAP: usize = 64 * 1024;
+
+/// FixedBuf for a batch whose payloads are all leases of one buffer,
+/// with room in it for the headers and, on a datagram, few enough frags.
+fn choose_fixed_buf(batch: &Batch, datagram: bool) -> (RequestPath, Option<Lease>) {
+    let mut leases = batch.frames.iter().filter_map(|f| match &f.payload {
+        Payload::Fixed(lease) => Some(lease),
+        _ => None,
+    });
+    let Some(first) = leases.next() else {
+        return (RequestPath::Copy, None);
+    };
+    let one_buffer = leases.all(|l| l.same_pool(first) && l.buf() == first.buf());
+    let no_owned = batch
+        .frames
+        .iter()
+        .all(|f| !matches!(f.payload, Payload::Owned(_)));
+    if !one_buffer || !no_owned {
+        return (RequestPath::Copy, None);
+    }
+    let staged = match batch.headers.len() {
+        0 => None,
+        n => match first.sibling(n) {
+            Some(mut lease) => {
+                lease.copy_from_slice(&batch.headers);
+                Some(lease)
+            }
+            None => return (RequestPath::Copy, None),
+        },
+    };
+    if datagram {
+        let mut frags = 0;
+        let mut header_at = staged.as_ref().map(|s| s.as_ptr() as usize);
+        for (bytes, p) in batch.pieces() {
+            let addr = match (p, header_at.as_mut()) {
+                (None, Some(at)) => {
+                    let a = *at;
+                    *at += bytes.len();
+                    a
+                }
+                _ => bytes.as_ptr() as usize,
+            };
+            frags += pages_spanned(addr, bytes.len());
+        }
+        if frags > MAX_SKB_FRAGS {
+            return (RequestPath::Copy, None);
+        }
+    }
+    (RequestPath::FixedBuf { buf: first.buf() }, staged)
 }
 
 /// What the running kernel offers, probed.

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use io_uring::{types, IoUring};
 
-use super::core::{SendCore, Target};
+use super::core::SendCore;
 use super::path::{Offers, Policy};
 use super::pool::{Lease, TxPool};
+use super::target::Target;
 use super::{Batch, Event, FrameError, Remainder, RequestId};
 
 /// The tag of the sender's CQEs (it has the ring to itself).
