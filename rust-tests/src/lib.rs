@@ -12,7 +12,7 @@ pub mod request;
 pub mod ring;
 
 pub use net::{CSockAddr, Family, Peer, TcpPair, Transport, UdpPair};
-pub use request::{MmapBuf, Op, RegBufs, Request, Seg};
+pub use request::{seal_write, MmapBuf, Op, RegBufs, Request, Seg};
 pub use ring::{zc_completion, Cqe, Ring, Setup, ZcCompletion};
 
 /// Fails the calling test (never skips it) on a kernel without the

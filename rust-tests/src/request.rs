@@ -4,6 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use sendzc_iov::sqe::SendSqe;
 use sendzc_iov::sys::io_uring_zc_iov_attr;
@@ -122,6 +123,23 @@ impl Drop for MmapBuf {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in new().
         unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Tries F_SEAL_WRITE on `memfd` until it succeeds or `within` has passed.
+pub fn seal_write(memfd: &OwnedFd, within: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        // SAFETY: fcntl on a descriptor we own.
+        let rc = unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_WRITE) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if Instant::now() > deadline {
+            return Err(err);
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -10,29 +10,12 @@ use std::time::{Duration, Instant};
 
 use sendzc_iov_vm_tests::net::Peer;
 use sendzc_iov_vm_tests::{
-    pattern, require_feature, zc_completion, Family, MmapBuf, Op, RegBufs, Request, Ring, Seg,
-    Transport,
+    pattern, require_feature, seal_write, zc_completion, Family, MmapBuf, Op, RegBufs, Request,
+    Ring, Seg, Transport,
 };
 
 /// These tests read system-wide counters: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Tries F_SEAL_WRITE on `memfd` until it succeeds or `within` has passed.
-fn seal_write(memfd: &OwnedFd, within: Duration) -> std::io::Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        // SAFETY: fcntl on a descriptor we own.
-        let rc = unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_WRITE) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let err = std::io::Error::last_os_error();
-        if Instant::now() > deadline {
-            return Err(err);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Buffer 0 backed by a memfd, then two anonymous buffers, registered.
 fn buffers_with_memfd(ring: &Ring, memfd_len: usize) -> (RegBufs, OwnedFd) {

@@ -265,6 +265,24 @@ fn forged_foreign_and_duplicate_cqes_change_nothing() {
     assert_eq!(core.in_flight(), 0);
 }
 
+/// Bytes sent ahead of the request by [`held_back`].
+const FILLER: usize = 256 * 1024;
+
+/// A TCP pair whose receiver has a tiny window, already full, and whose
+/// sender has queued FILLER bytes behind it: what is sent next waits in the
+/// send queue until the receiver reads.
+fn held_back() -> (TcpStream, TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    setsockopt(&listener, sockopt::RcvBuf, &4096).unwrap();
+    let mut tx = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    setsockopt(&tx, sockopt::SndBuf, &(4 << 20)).unwrap();
+    let (rx, _) = listener.accept().unwrap();
+    rx.set_read_timeout(Some(WAIT)).unwrap();
+    std::io::Write::write_all(&mut tx, &vec![0x11; FILLER]).unwrap();
+    (tx, rx)
+}
+
 #[test]
 fn a_notification_cannot_be_forged_after_the_result() {
     let path = Path::detect().unwrap();
@@ -277,7 +295,7 @@ fn a_notification_cannot_be_forged_after_the_result() {
         return;
     }
     let (mut ring, pool, mut core) = core_ring(Policy::always(path));
-    let (tx, mut rx) = connected();
+    let (tx, mut rx) = held_back();
     let mut batch = Batch::new();
     let mut lease = pool.lease(65536).unwrap();
     lease.copy_from_slice(&pattern(2, 65536));
@@ -285,7 +303,8 @@ fn a_notification_cannot_be_forged_after_the_result() {
         .push(&header(2, 65536), Payload::Fixed(lease))
         .unwrap();
     core.submit(&mut ring, tx.as_fd(), batch).unwrap();
-    // The receiver does not read: the skb, and so the notification, wait.
+    // The request's bytes wait in the send queue behind the filler, the
+    // peer's window closed: its result comes, its notification cannot.
     let result = loop {
         let cqes = reap(&mut ring);
         let mut events = Vec::new();
@@ -318,8 +337,9 @@ fn a_notification_cannot_be_forged_after_the_result() {
         1,
         "still waiting for the real notification"
     );
-    let mut got = vec![0; 24 + 65536];
+    let mut got = vec![0; FILLER + 24 + 65536];
     rx.read_exact(&mut got).unwrap();
+    assert!(got[FILLER + 24..] == pattern(2, 65536)[..]);
     let released = loop {
         let events: Vec<Event> = reap(&mut ring)
             .iter()
@@ -687,4 +707,32 @@ fn control_messages_reach_the_socket() {
         })
         .collect();
     assert_eq!(tos, [0x28]);
+}
+
+#[test]
+fn the_release_waits_for_the_bytes_to_leave() {
+    let mut sender = FrameSender::new(16, BUFFERS, BUFFER_LEN).unwrap();
+    let (tx, mut rx) = held_back();
+    let mut batch = Batch::new();
+    batch
+        .push(&header(5, 65536), filled(&sender, 0, 5, 65536))
+        .unwrap();
+    let path = sender.core().path_for(Target::from(tx.as_fd()), &batch);
+    let id = sender.submit(tx.as_fd(), batch).unwrap();
+    let mut events = Vec::new();
+    for _ in 0..5 {
+        events.extend(sender.poll(Duration::from_millis(100)).unwrap());
+    }
+    assert!(matches!(events[..], [Event::Sent { .. }]), "{events:?}");
+    if path.zero_copy() {
+        assert_eq!(
+            sender.core().in_flight(),
+            1,
+            "released while its bytes wait to be sent"
+        );
+    }
+    let mut got = vec![0; FILLER + 24 + 65536];
+    rx.read_exact(&mut got).unwrap();
+    until_released(&mut sender, &[id]);
+    assert!(got[FILLER + 24..] == pattern(5, 65536)[..]);
 }
