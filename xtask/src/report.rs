@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use crate::guest::{self, GuestRun};
+use crate::guest::{self, GuestRun, ProblemCount};
 use crate::suites::Judged;
 
 /// Totals of libtest's `test result:` lines in the console log.
@@ -92,26 +92,50 @@ pub struct Summary {
     pub cases: Vec<(String, u64)>,
     /// (suite, base line, patched line) for the peer suites.
     pub peers: Vec<(String, String, String)>,
-    pub kernel_problems: usize,
+    pub kernel_problems: ProblemCount,
 }
+
+/// The case-log entries of the fault-injection sweep, which are counts of
+/// injected faults, not generated cases.
+const FAULT_POINTS: &str = "fault-injection-points";
+const FAULT_CLEAN_ERRORS: &str = "fault-injection-clean-errors";
 
 impl Summary {
     pub fn print(&self) {
         eprintln!("---- summary ----");
-        let total: u64 = self.cases.iter().map(|(_, n)| n).sum();
+        let (faults, cases): (Vec<_>, Vec<_>) = self
+            .cases
+            .iter()
+            .partition(|(name, _)| name.starts_with("fault-injection-"));
+        let total: u64 = cases.iter().map(|(_, n)| n).sum();
         eprintln!("  generated cases: {total}");
-        for (property, n) in &self.cases {
+        for (property, n) in &cases {
             eprintln!("    {property}: {n}");
         }
         eprintln!("  peer suites (base kernel | patched kernel):");
         for (name, base, patched) in &self.peers {
             eprintln!("    {name}: {base} | {patched}");
         }
+        if let Some(line) = fault_line(&faults, self.kernel_problems) {
+            eprintln!("{line}");
+        }
         eprintln!(
             "  kernel problems in dmesg/kmemleak: {}",
-            self.kernel_problems
+            self.kernel_problems.splats + self.kernel_problems.leaks
         );
     }
+}
+
+/// `fault injection: N points injected, N clean errors, N leaks, N splats`,
+/// if the sweep ran.
+fn fault_line(faults: &[&(String, u64)], problems: ProblemCount) -> Option<String> {
+    let count = |name: &str| faults.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    let points = count(FAULT_POINTS)?;
+    let clean = count(FAULT_CLEAN_ERRORS).unwrap_or(0);
+    Some(format!(
+        "fault injection: {points} points injected, {clean} clean errors, {} leaks, {} splats",
+        problems.leaks, problems.splats
+    ))
 }
 
 /// Sums the `property cases` lines the property tests appended.
@@ -194,6 +218,24 @@ mod tests {
                 binaries: 2
             }
         );
+    }
+
+    #[test]
+    fn prints_the_fault_injection_line() {
+        let faults = [
+            ("fault-injection-points".to_string(), 120),
+            ("fault-injection-clean-errors".to_string(), 37),
+        ];
+        let refs: Vec<&(String, u64)> = faults.iter().collect();
+        let problems = ProblemCount {
+            splats: 0,
+            leaks: 2,
+        };
+        assert_eq!(
+            fault_line(&refs, problems).unwrap(),
+            "fault injection: 120 points injected, 37 clean errors, 2 leaks, 0 splats"
+        );
+        assert_eq!(fault_line(&[], problems), None);
     }
 
     #[test]

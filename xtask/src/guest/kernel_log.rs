@@ -69,9 +69,19 @@ fn problems_before_tests(dmesg: &str) -> Vec<&str> {
 }
 
 /// How many problem lines dmesg and the kmemleak report of a run hold.
-pub fn problem_count(out_dir: &Path) -> usize {
+pub fn problem_count(out_dir: &Path) -> ProblemCount {
     let read = |name: &str| fs::read_to_string(out_dir.join(name)).unwrap_or_default();
-    kernel_problems(&read("dmesg.txt")).len() + kernel_problems(&read("kmemleak.txt")).len()
+    ProblemCount {
+        splats: kernel_problems(&read("dmesg.txt")).len(),
+        leaks: kernel_problems(&read("kmemleak.txt")).len(),
+    }
+}
+
+/// Problem lines of a run: in dmesg (splats) and in the kmemleak report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProblemCount {
+    pub splats: usize,
+    pub leaks: usize,
 }
 
 /// Fails with the offending lines when dmesg or the kmemleak report of the

@@ -19,7 +19,7 @@ use crate::phase::Phases;
 use crate::suites::PeerSuite;
 
 pub use accel::{choose as choose_accel, Accel};
-pub use kernel_log::{check_kernel_logs, problem_count};
+pub use kernel_log::{check_kernel_logs, problem_count, ProblemCount};
 pub use vng::Boot;
 
 /// What one guest boot is asked to run.
