@@ -7,7 +7,8 @@
 //! socket (they arrive in order), resumes any request cut short, and
 //! prints which paths the kernel gave it. Last it sends the same frames
 //! with a plain writev(2) loop and prints the CPU time per byte of both
-//! (the sending thread's, from getrusage: host time, and noisy).
+//! (the sending thread's, from getrusage: noisy, and under QEMU TCG the
+//! guest's emulated time).
 //!
 //!     cargo run -p sendzc-iov --example framed -- [FRAMES] [PER_BATCH]
 
@@ -152,7 +153,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cpu_writev = writev_loop(frames, per_batch)?;
     for (name, cpu) in [("frame API", cpu_frame), ("writev loop", cpu_writev)] {
         println!(
-            "{name:>11}: {:.2} ns CPU per byte (sending thread, getrusage, host time)",
+            "{name:>11}: {:.2} ns CPU per byte (sending thread, getrusage; emulated under TCG)",
             cpu.as_nanos() as f64 / bytes as f64
         );
     }

@@ -67,6 +67,16 @@ const REQUIREMENTS: &[(Probe, &str, &str)] = &[
         "ethtool",
         "guest tests: dummy offloads",
     ),
+    (
+        Probe::Command("sysctl"),
+        "procps",
+        "the kernel selftest's sysctls",
+    ),
+    (
+        Probe::Command("file"),
+        "file",
+        "vng reads the kernel's version",
+    ),
     (Probe::Command("python3"), "python3", "vng"),
     (
         Probe::PythonModule("ensurepip"),
@@ -261,6 +271,8 @@ mod tests {
             "prlimit",
             "the guest runs send-zerocopy.t under an RLIMIT_AS",
         ),
+        ("sysctl", "io_uring_zerocopy_tx.sh sets net.core sysctls"),
+        ("file", "vng detects the kernel version with it"),
     ];
 
     /// Where a program a `cmd!` names comes from, if xtask provides it itself:
