@@ -24,9 +24,8 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Ta
     let kernel = kernel::build(layout, options, phases)?;
     phases.run("check-uapi", || checks::check_uapi(layout, &kernel))?;
     let binaries = phases.run("test build", || suites::rust::build_test_binaries(layout))?;
-    let out = guest::fresh_out(layout, LABEL)?;
     let peers = phases.run("peer build", || {
-        suites::build_peers(layout, options, &kernel, &out)
+        suites::build_peers(layout, options, &kernel, LABEL)
     })?;
     let plan = GuestPlan {
         label: LABEL,

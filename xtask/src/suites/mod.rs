@@ -29,15 +29,16 @@ pub struct Peers {
 }
 
 /// Builds the suites that run after our tests against `kernel` and stages
-/// them into the guest's output directory `out`: the crate's examples,
-/// the kernel selftest, then liburing's tests (with
+/// them into the (emptied) output directory of guest run `label`: the
+/// crate's examples, the kernel selftest, then liburing's tests (with
 /// kernel-patches/liburing/ applied).
 pub fn build_peers(
     layout: &Layout,
     options: &Options,
     kernel: &Kernel,
-    out: &Path,
+    label: &str,
 ) -> Result<Peers> {
+    let out = crate::guest::fresh_out(layout, label)?;
     let selection = liburing::selection(layout)?;
     let mut suites = vec![
         examples::build(layout)?,
@@ -46,7 +47,7 @@ pub fn build_peers(
     let tree = liburing::build(layout, liburing::Flavour::Patched)?;
     suites.extend(liburing::stage(
         &tree,
-        out,
+        &out,
         liburing::Flavour::Patched,
         liburing::gate::scope(options, &selection),
         &selection.limits,
