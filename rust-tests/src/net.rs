@@ -118,45 +118,8 @@ pub struct CSockAddr {
 
 impl CSockAddr {
     pub fn new(addr: SocketAddr) -> CSockAddr {
-        // SAFETY: sockaddr_storage is plain data; all-zero is valid.
-        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let len = match addr {
-            SocketAddr::V4(a) => {
-                let sin = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: a.port().to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from(*a.ip()).to_be(),
-                    },
-                    sin_zero: [0; 8],
-                };
-                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-                unsafe {
-                    std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin)
-                };
-                std::mem::size_of::<libc::sockaddr_in>()
-            }
-            SocketAddr::V6(a) => {
-                let sin6 = libc::sockaddr_in6 {
-                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                    sin6_port: a.port().to_be(),
-                    sin6_flowinfo: a.flowinfo(),
-                    sin6_addr: libc::in6_addr {
-                        s6_addr: a.ip().octets(),
-                    },
-                    sin6_scope_id: a.scope_id(),
-                };
-                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-                unsafe {
-                    std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6)
-                };
-                std::mem::size_of::<libc::sockaddr_in6>()
-            }
-        };
-        CSockAddr {
-            storage,
-            len: len as libc::socklen_t,
-        }
+        let (storage, len) = sendzc_iov::sys::sockaddr(addr);
+        CSockAddr { storage, len }
     }
 
     pub fn as_ptr(&self) -> *const libc::sockaddr {

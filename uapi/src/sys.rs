@@ -4,6 +4,8 @@
 //! Only what the send paths need; the `io-uring` crate keeps its own
 //! bindings private.
 
+use std::net::SocketAddr;
+
 /// `IORING_OP_SENDMSG`: `sendmsg(2)`, copying.
 pub const IORING_OP_SENDMSG: u8 = 9;
 /// `IORING_OP_SEND_ZC`: zero-copy `send(2)`.
@@ -81,5 +83,67 @@ impl io_uring_zc_iov_attr {
             buf_index,
             resv: 0,
         }
+    }
+}
+
+/// `addr` in the C layout (`msg_name`, SEND_ZC's `addr2`), and its length.
+pub fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all-zero is AF_UNSPEC.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for
+            // sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_addresses_in_the_c_layout() {
+        let (v4, len) = sockaddr("127.0.0.2:9".parse().unwrap());
+        assert_eq!(len as usize, std::mem::size_of::<libc::sockaddr_in>());
+        // SAFETY: sockaddr() wrote a sockaddr_in at the start of the storage.
+        let sin: libc::sockaddr_in =
+            unsafe { std::ptr::read((&v4 as *const libc::sockaddr_storage).cast()) };
+        assert_eq!(sin.sin_family, libc::AF_INET as libc::sa_family_t);
+        assert_eq!(u16::from_be(sin.sin_port), 9);
+        assert_eq!(sin.sin_addr.s_addr.to_ne_bytes(), [127, 0, 0, 2]);
+        let (v6, len) = sockaddr("[::1]:80".parse().unwrap());
+        assert_eq!(len as usize, std::mem::size_of::<libc::sockaddr_in6>());
+        // SAFETY: as above, a sockaddr_in6.
+        let sin6: libc::sockaddr_in6 =
+            unsafe { std::ptr::read((&v6 as *const libc::sockaddr_storage).cast()) };
+        assert_eq!(sin6.sin6_family, libc::AF_INET6 as libc::sa_family_t);
+        assert_eq!(u16::from_be(sin6.sin6_port), 80);
+        assert_eq!(sin6.sin6_addr.s6_addr[15], 1);
     }
 }

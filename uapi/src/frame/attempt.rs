@@ -2,7 +2,6 @@
 //! msghdr (the memory the SQE points to), built from the unsent part of the
 //! batch, and the SQE itself.
 
-use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue, types};
@@ -11,7 +10,7 @@ use super::batch::{Batch, Payload};
 use super::path::RequestPath;
 use super::pool::Lease;
 use crate::sqe::{self, SendMsgZc};
-use crate::sys::io_uring_zc_iov_attr;
+use crate::sys::{self, io_uring_zc_iov_attr};
 
 /// The socket a request goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,43 +51,6 @@ fn piece(
         },
         attr,
     )
-}
-
-/// `addr` as a sockaddr, and its length.
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; all-zero is AF_UNSPEC.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for
-            // sockaddr_in.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: as above, for sockaddr_in6.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
 }
 
 /// The control messages, laid out as CMSG_* would, in u64s for the
@@ -162,7 +124,7 @@ impl Attempt {
         }
         let (iov, attrs): (Vec<_>, Vec<_>) = pieces.into_iter().unzip();
         let (name, name_len) = match batch.dest {
-            Some(addr) => sockaddr(addr),
+            Some(addr) => sys::sockaddr(addr),
             // SAFETY: sockaddr_storage is plain data.
             None => (unsafe { std::mem::zeroed() }, 0),
         };
