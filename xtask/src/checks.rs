@@ -224,15 +224,35 @@ fn mail_ready(dir: &Path, total: usize, cc: &[&str]) -> Result<()> {
         }
     }
     let sh = Shell::new()?;
+    // send-email wants a sender identity even for a dry run; a fresh
+    // machine has none configured, and this one must not need one.
+    let _ident: Vec<_> = [
+        ("GIT_AUTHOR_NAME", "xtask"),
+        ("GIT_AUTHOR_EMAIL", "xtask@localhost"),
+        ("GIT_COMMITTER_NAME", "xtask"),
+        ("GIT_COMMITTER_EMAIL", "xtask@localhost"),
+    ]
+    .into_iter()
+    .map(|(k, v)| sh.push_env(k, v))
+    .collect();
     let files = &mails;
     let out = cmd!(
         sh,
         "git send-email --dry-run --confirm=never --suppress-cc=all --smtp-server=/bin/true {files...}"
     )
     .quiet()
-    .ignore_stderr()
-    .read()
-    .with_context(|| format!("git send-email --dry-run failed on {}", dir.display()))?;
+    .ignore_status()
+    .output()?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(4).collect();
+        bail!(
+            "git send-email --dry-run failed on {}: {}",
+            dir.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        );
+    }
+    let out = String::from_utf8_lossy(&out.stdout);
     let sent = out.lines().filter(|l| l.starts_with("Dry-OK")).count();
     if sent != mails.len() {
         bail!(

@@ -60,6 +60,11 @@ const REQUIREMENTS: &[(Probe, &str, &str)] = &[
         "git-email",
         "check-patches: git send-email --dry-run",
     ),
+    (
+        Probe::File("/usr/share/perl5/Mail/Address.pm"),
+        "libmailtools-perl",
+        "git send-email's Mail::Address (only a Recommends of git-email)",
+    ),
     // The guest runs on the host's root filesystem: its tools are these.
     (Probe::Command("ip"), "iproute2", "guest tests, bench netns"),
     (
