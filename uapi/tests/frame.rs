@@ -207,6 +207,17 @@ fn core_ring(policy: Policy) -> (IoUring, TxPool, SendCore) {
     (ring, pool, core)
 }
 
+/// One frame: header `seq`, then 64 KiB of pattern `seq` leased from `pool`.
+fn one_frame(pool: &TxPool, seq: u32) -> Batch {
+    let mut lease = pool.lease(65536).unwrap();
+    lease.copy_from_slice(&pattern(seq, 65536));
+    let mut batch = Batch::new();
+    batch
+        .push(&header(seq, 65536), Payload::Fixed(lease))
+        .unwrap();
+    batch
+}
+
 fn reap(ring: &mut IoUring) -> Vec<io_uring::cqueue::Entry> {
     ring.submit_and_wait(1).unwrap();
     ring.completion().collect()
@@ -216,12 +227,7 @@ fn reap(ring: &mut IoUring) -> Vec<io_uring::cqueue::Entry> {
 fn forged_foreign_and_duplicate_cqes_change_nothing() {
     let (mut ring, pool, mut core) = core_ring(Policy::always(Path::detect().unwrap()));
     let (tx, mut rx) = connected();
-    let mut lease = pool.lease(65536).unwrap();
-    lease.copy_from_slice(&pattern(1, 65536));
-    let mut batch = Batch::new();
-    batch
-        .push(&header(1, 65536), Payload::Fixed(lease))
-        .unwrap();
+    let batch = one_frame(&pool, 1);
     let id = core.submit(&mut ring, tx.as_fd(), batch).unwrap();
     // Not submitted yet: every CQE the core could see now is a forgery.
     let free = pool.free_bytes(0);
@@ -359,12 +365,7 @@ fn a_notification_cannot_be_forged_after_the_result() {
 fn dropping_the_pool_frees_nothing_in_flight() {
     let (mut ring, pool, mut core) = core_ring(Policy::always(Path::detect().unwrap()));
     let (tx, mut rx) = connected();
-    let mut lease = pool.lease(65536).unwrap();
-    lease.copy_from_slice(&pattern(3, 65536));
-    let mut batch = Batch::new();
-    batch
-        .push(&header(3, 65536), Payload::Fixed(lease))
-        .unwrap();
+    let batch = one_frame(&pool, 3);
     core.submit(&mut ring, tx.as_fd(), batch).unwrap();
     // The pool goes before the kernel has even seen the request, and the
     // allocator is given every chance to hand its memory out again.
@@ -649,12 +650,7 @@ fn a_registered_file_is_a_target() {
     ring.submitter()
         .register_files(&[std::os::fd::AsRawFd::as_raw_fd(&tx)])
         .unwrap();
-    let mut lease = pool.lease(65536).unwrap();
-    lease.copy_from_slice(&pattern(4, 65536));
-    let mut batch = Batch::new();
-    batch
-        .push(&header(4, 65536), Payload::Fixed(lease))
-        .unwrap();
+    let batch = one_frame(&pool, 4);
     let target = Target::fixed(
         io_uring::types::Fixed(0),
         sendzc_iov::frame::SocketKind::Stream,
