@@ -5,8 +5,9 @@
 #   OUTDIR/env    KEY=value lines exported to the tests
 #   OUTDIR/tests  test binaries (host paths; the guest shares the host's root)
 #   OUTDIR/peers  suites written by others: name, directory, judge, command
-# Writes OUTDIR/dmesg.txt, OUTDIR/kmemleak.txt, and last OUTDIR/status (the
-# host treats a missing status file as a crashed or hung guest).
+# Writes OUTDIR/dmesg.txt, OUTDIR/kmemleak.txt, OUTDIR/gcov/*.gcda, and last
+# OUTDIR/status (the host treats a missing status file as a crashed or hung
+# guest).
 set -u
 out=$1
 shift
@@ -50,6 +51,16 @@ while IFS="$tab" read -r name dir judge command; do
 		[ "$judge" = host ] || status=1
 	fi
 done < "$out/peers"
+
+# gcov counts of the io_uring files the series changes (the debug kernel
+# profiles only those); the host maps them onto the patches' added lines.
+gcov=/sys/kernel/debug/gcov
+if [ -d "$gcov" ]; then
+	mkdir -p "$out/gcov"
+	find "$gcov" -path '*/io_uring/*.gcda' | while IFS= read -r data; do
+		cat "$data" > "$out/gcov/$(basename "$data")"
+	done
+fi
 
 # kmemleak reports objects unreferenced for at least 5 s on two scans.
 leaks=/sys/kernel/debug/kmemleak

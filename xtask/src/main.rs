@@ -13,6 +13,7 @@
 mod bench;
 mod checks;
 mod ci;
+mod coverage;
 mod fresh;
 mod guest;
 mod io_uring_crate;

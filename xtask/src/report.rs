@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
+use crate::coverage::Coverage;
 use crate::guest::{self, GuestRun, ProblemCount};
 use crate::suites::Judged;
 
@@ -93,6 +94,8 @@ pub struct Summary {
     /// (suite, base line, patched line) for the peer suites.
     pub peers: Vec<(String, String, String)>,
     pub kernel_problems: ProblemCount,
+    /// The series' line coverage, when the kernel was built for it.
+    pub coverage: Option<Coverage>,
 }
 
 /// The case-log entries of the fault-injection sweep, which are counts of
@@ -118,6 +121,9 @@ impl Summary {
         }
         if let Some(line) = fault_line(&faults, self.kernel_problems) {
             eprintln!("{line}");
+        }
+        if let Some(coverage) = &self.coverage {
+            eprintln!("{}", coverage.summary_line());
         }
         eprintln!(
             "  kernel problems in dmesg/kmemleak: {}",

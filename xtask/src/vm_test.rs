@@ -5,6 +5,7 @@
 use anyhow::Result;
 
 use crate::checks;
+use crate::coverage;
 use crate::guest::{self, GuestPlan};
 use crate::kernel;
 use crate::layout::Layout;
@@ -23,7 +24,9 @@ const LABEL: &str = "run";
 pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Tally> {
     let kernel = kernel::build(layout, options, phases)?;
     phases.run("check-uapi", || checks::check_uapi(layout, &kernel))?;
-    let binaries = phases.run("test build", || suites::rust::build_test_binaries(layout))?;
+    let binaries = phases.run("test build", || {
+        suites::rust::build_test_binaries(layout, &kernel)
+    })?;
     let peers = phases.run("peer build", || {
         suites::build_peers(layout, options, &kernel, LABEL)
     })?;
@@ -34,7 +37,11 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Ta
         peers: &peers.suites,
     };
     let run = guest::boot(layout, options, phases, &plan)?;
-    let judged = suites::judge(layout, options, phases, &kernel, &run, &peers)?;
+    let mut judged = suites::judge(layout, options, phases, &kernel, &run, &peers)?;
+    let uncovered = layout.vm_out().join("uncovered.txt");
+    judged.summary.coverage = phases.run("coverage", || {
+        coverage::for_run(&kernel, options, &run.out, &uncovered)
+    })?;
     let logs = phases.run("dmesg", || guest::check_kernel_logs(&run.out));
     report::verdict(&run, judged, binaries.len(), logs)
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
+use crate::coverage;
 use crate::layout::{stable_hash, Layout, Profile};
 use crate::options::Options;
 use crate::phase::Phases;
@@ -174,8 +175,16 @@ fn build_tree(
     let log = layout
         .vm_out()
         .join(format!("kernel-build-{tree}-{}.log", profile.name()));
+    // Only the series' own debug build is profiled: the base tree has no
+    // added lines, and a custom tree no `base` to diff against.
+    let coverage_vars = match (tree, profile) {
+        ("series", Profile::Debug) => coverage::make_vars(&src)?,
+        _ => Vec::new(),
+    };
     phases.run(&phase("build"), || {
-        make(layout, &src, &build, &["bzImage", "headers_install"], &log)
+        let mut targets = vec!["bzImage", "headers_install"];
+        targets.extend(coverage_vars.iter().map(String::as_str));
+        make(layout, &src, &build, &targets, &log)
     })?;
     Ok(Kernel {
         bzimage: build.join("arch/x86/boot/bzImage"),
