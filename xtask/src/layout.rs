@@ -79,6 +79,11 @@ impl Layout {
         self.root.join("target/vm")
     }
 
+    /// The C senders the guest tests run, built on the host.
+    pub fn c_senders(&self) -> PathBuf {
+        self.vm_out().join("c-senders")
+    }
+
     pub fn apt(&self) -> PathBuf {
         self.cache.join("apt")
     }

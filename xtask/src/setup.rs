@@ -78,6 +78,21 @@ const REQUIREMENTS: &[(Probe, &str, &str)] = &[
         "the kernel selftest's sysctls",
     ),
     (
+        Probe::Command("tc"),
+        "iproute2",
+        "guest tests: netem on a veth pair",
+    ),
+    (
+        Probe::Command("gcov"),
+        "gcc",
+        "series coverage from the guest's counts",
+    ),
+    (
+        Probe::File("/usr/lib32/libc.a"),
+        "gcc-multilib",
+        "guest tests: a static 32-bit sender (gcc -m32 -static)",
+    ),
+    (
         Probe::Command("file"),
         "file",
         "vng reads the kernel's version",
@@ -278,6 +293,7 @@ mod tests {
         ),
         ("sysctl", "io_uring_zerocopy_tx.sh sets net.core sysctls"),
         ("file", "vng detects the kernel version with it"),
+        ("tc", "the guest tests put netem on a veth pair"),
     ];
 
     /// Where a program a `cmd!` names comes from, if xtask provides it itself:

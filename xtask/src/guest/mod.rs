@@ -167,6 +167,10 @@ fn write_guest_plan(
         kernel.headers().display()
     ));
     env.push_str(&format!(
+        "SENDZC_C_SENDERS={}\n",
+        layout.c_senders().display()
+    ));
+    env.push_str(&format!(
         "SENDZC_CASE_LOG={}\n",
         out.join("cases.txt").display()
     ));

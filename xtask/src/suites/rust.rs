@@ -6,13 +6,27 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
+use crate::kernel::Kernel;
 use crate::layout::Layout;
 
 /// The Rust crates whose tests run inside the guest.
 const GUEST_PACKAGES: &[&str] = &["sendzc-iov", "sendzc-iov-vm-tests"];
 
-/// Builds the guest test binaries on the host; returns their paths.
-pub fn build_test_binaries(layout: &Layout) -> Result<Vec<PathBuf>> {
+/// The C programs in `rust-tests/c/` and the builds of each that the
+/// guest tests run: (source, output name, gcc flags).
+const C_SENDERS: &[(&str, &str, &[&str])] = &[
+    (
+        "compat32_mixed_send.c",
+        "compat32_mixed_send-32",
+        &["-m32", "-static"],
+    ),
+    ("compat32_mixed_send.c", "compat32_mixed_send-64", &[]),
+];
+
+/// Builds the guest test binaries on the host, and the C programs they
+/// run (against `kernel`'s uapi headers); returns the test binaries.
+pub fn build_test_binaries(layout: &Layout, kernel: &Kernel) -> Result<Vec<PathBuf>> {
+    build_c_senders(layout, kernel)?;
     let sh = Shell::new()?;
     let _cd = sh.push_dir(&layout.root);
     let packages: Vec<String> = GUEST_PACKAGES
@@ -37,6 +51,27 @@ pub fn build_test_binaries(layout: &Layout) -> Result<Vec<PathBuf>> {
         eprintln!("  {}", bin.display());
     }
     Ok(binaries)
+}
+
+/// Builds [`C_SENDERS`] into [`Layout::c_senders`]: on the host, since a
+/// compiler under TCG takes a minute for what takes 0.2 s here. Warnings
+/// fail the build.
+fn build_c_senders(layout: &Layout, kernel: &Kernel) -> Result<()> {
+    let sh = Shell::new()?;
+    let out = layout.c_senders();
+    sh.create_dir(&out)?;
+    let include = kernel.headers();
+    for &(source, name, flags) in C_SENDERS {
+        let source = layout.root.join("rust-tests/c").join(source);
+        let exe = out.join(name);
+        cmd!(
+            sh,
+            "gcc {flags...} -O2 -Wall -Wextra -Werror -I {include} -o {exe} {source}"
+        )
+        .run()
+        .with_context(|| format!("building {name} (a 32-bit build needs gcc-multilib)"))?;
+    }
+    Ok(())
 }
 
 /// The `"executable"` paths of test artifacts in cargo's JSON messages:
