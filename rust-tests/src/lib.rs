@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 pub mod net;
+pub mod netns;
 pub mod request;
 pub mod ring;
 
