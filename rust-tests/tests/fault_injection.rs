@@ -77,11 +77,22 @@ impl FailNth {
     }
 
     /// True if the armed fault was injected; disarms it either way.
+    ///
+    /// With fail_usercopy, reading and writing `fail-nth` are fault points
+    /// of their own: a read that the count reaches fails with EFAULT, which
+    /// means nothing before it fired; a write it reaches fails the same
+    /// way, and leaves the count at zero, as writing "0" would.
     fn fired(&self) -> bool {
         let mut left = [0u8; 16];
-        let n = self.0.read_at(&mut left, 0).expect("fail-nth");
-        self.0.write_at(b"0", 0).expect("fail-nth");
-        left[..n].trim_ascii() == b"0"
+        let fired = match self.0.read_at(&mut left, 0) {
+            Ok(n) => left[..n].trim_ascii() == b"0",
+            Err(e) if e.raw_os_error() == Some(libc::EFAULT) => false,
+            Err(e) => panic!("fail-nth: {e}"),
+        };
+        match self.0.write_at(b"0", 0) {
+            Err(e) if e.raw_os_error() != Some(libc::EFAULT) => panic!("fail-nth: {e}"),
+            _ => fired,
+        }
     }
 }
 
