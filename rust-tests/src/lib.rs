@@ -9,6 +9,7 @@ use std::time::Duration;
 
 pub mod net;
 pub mod netns;
+pub mod process;
 pub mod request;
 pub mod ring;
 
