@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::kernel::Kernel;
+use crate::kernel::{self, Kernel};
 use crate::layout::Profile;
 use crate::options::Options;
 
@@ -167,6 +167,17 @@ pub fn for_run(
         eprintln!("  no series coverage: only the series' debug kernel is profiled");
         return Ok(None);
     }
+    // gcov reads the sources, and the diff is of the tree: both must be
+    // the series as built (the liburing gate resets the tree to `base`).
+    let now = kernel::head_commit(&kernel.src);
+    if now.is_none() || now != kernel.commit {
+        bail!(
+            "the kernel tree {} is no longer at the commit built ({:?}, now {now:?}): \
+             coverage must run before anything else checks out the tree",
+            kernel.src.display(),
+            kernel.commit
+        );
+    }
     let coverage = report(&kernel.src, &kernel.build, &out.join("gcov"), uncovered)?;
     eprintln!(
         "  {} unexecuted added lines listed in {}",
@@ -186,11 +197,18 @@ pub fn report(src: &Path, build: &Path, gcda_dir: &Path, uncovered: &Path) -> Re
             .quiet()
             .read()?
     };
+    let added = added_lines(&diff);
+    if added.is_empty() {
+        bail!(
+            "the series adds no io_uring/*.c line in {}: is the tree at the series?",
+            src.display()
+        );
+    }
     let work = gcda_dir.join("gcov-out");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
     let mut coverage = Coverage::default();
-    for (file, added) in added_lines(&diff) {
+    for (file, added) in added {
         let stem = file
             .trim_end_matches(".c")
             .rsplit('/')
@@ -198,7 +216,7 @@ pub fn report(src: &Path, build: &Path, gcda_dir: &Path, uncovered: &Path) -> Re
             .unwrap_or_default();
         let gcda = gcda_dir.join(format!("{stem}.gcda"));
         if !gcda.is_file() {
-            anyhow::bail!(
+            bail!(
                 "no gcov data for {file} from the guest ({} missing)",
                 gcda.display()
             );
@@ -219,10 +237,19 @@ pub fn report(src: &Path, build: &Path, gcda_dir: &Path, uncovered: &Path) -> Re
         let source = src.join(&file);
         {
             let _cd = sh.push_dir(&work);
-            cmd!(sh, "gcov -o {work} {source}")
+            // A .gcda from another build than the .gcno (a rebuild since the
+            // run) fails here, rather than counting every line unexecuted.
+            let out = cmd!(sh, "gcov -o {work} {source}")
                 .quiet()
-                .ignore_stdout()
-                .run()?;
+                .ignore_status()
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "gcov failed on {file} ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
         }
         let gcov = work.join(format!("{stem}.c.gcov"));
         let text = fs::read_to_string(&gcov)

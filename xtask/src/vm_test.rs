@@ -37,11 +37,13 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases) -> Result<Ta
         peers: &peers.suites,
     };
     let run = guest::boot(layout, options, phases, &plan)?;
-    let mut judged = suites::judge(layout, options, phases, &kernel, &run, &peers)?;
+    // Before the judging: the liburing gate may check out the base tree.
     let uncovered = layout.vm_out().join("uncovered.txt");
-    judged.summary.coverage = phases.run("coverage", || {
+    let coverage = phases.run("coverage", || {
         coverage::for_run(&kernel, options, &run.out, &uncovered)
     })?;
+    let mut judged = suites::judge(layout, options, phases, &kernel, &run, &peers)?;
+    judged.summary.coverage = coverage;
     let logs = phases.run("dmesg", || guest::check_kernel_logs(&run.out));
     report::verdict(&run, judged, binaries.len(), logs)
 }

@@ -29,6 +29,9 @@ pub struct Kernel {
     /// True when the tree carries the series, so the per-iovec feature must
     /// be there: tests that need it fail instead of skipping.
     pub expect_feature: bool,
+    /// The tree's commit when it was built, if it is a git tree: the series
+    /// tree is reset to `base` later when the gate builds the base kernel.
+    pub commit: Option<String>,
 }
 
 impl Kernel {
@@ -186,12 +189,25 @@ fn build_tree(
         targets.extend(coverage_vars.iter().map(String::as_str));
         make(layout, &src, &build, &targets, &log)
     })?;
+    let commit = head_commit(&src);
     Ok(Kernel {
         bzimage: build.join("arch/x86/boot/bzImage"),
         src,
         build,
         expect_feature,
+        commit,
     })
+}
+
+/// `git rev-parse HEAD` of `src`, if it is a git tree.
+pub fn head_commit(src: &Path) -> Option<String> {
+    let sh = Shell::new().ok()?;
+    let _cd = sh.push_dir(src);
+    cmd!(sh, "git rev-parse HEAD")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .ok()
 }
 
 #[cfg(test)]
