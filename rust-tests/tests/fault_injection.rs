@@ -14,8 +14,10 @@
 //!
 //! Inline runs arm the submitting thread across io_uring_enter(2); async
 //! runs (IOSQE_ASYNC) arm the io-wq worker that issues the request; the
-//! notification runs arm the thread while it waits for the notification,
-//! whose completion task_work runs in it. Faults are never armed across
+//! notification runs, on a DEFER_TASKRUN ring, take the result without
+//! entering the kernel, let the receiver read (which frees the skbs), and
+//! arm the thread while it waits for the notification, whose completion
+//! task_work runs in that wait. Faults are never armed across
 //! user-space code: a failed page fault there would kill the test.
 
 use std::fs;
@@ -25,8 +27,8 @@ use std::time::Duration;
 
 use sendzc_iov_vm_tests::net::Peer;
 use sendzc_iov_vm_tests::{
-    pattern, record_cases, require_feature, seal_write, zc_completion, Family, MmapBuf, Op,
-    RegBufs, Request, Ring, Seg, Transport,
+    pattern, record_cases, require_feature, seal_write, zc_completion, Cqe, Family, MmapBuf, Op,
+    RegBufs, Request, Ring, Seg, Setup, Transport,
 };
 
 /// A run that still injects past this many points is a loop, not a sweep.
@@ -199,7 +201,12 @@ fn submit_armed(ring: &mut Ring, me: &FailNth, nth: u32) -> bool {
 /// says; returns whether a fault was injected.
 fn run(shape: Shape, transport: Transport, mode: Mode, nth: u32, tally: &mut Tally) -> bool {
     let what = format!("{shape:?} over {transport:?}, {mode:?}, fault {nth}");
-    let mut ring = Ring::new(8).unwrap();
+    let mut ring = match mode {
+        // Deferred task work runs only in this thread's waits, so the
+        // notification's completion runs in the armed one.
+        Mode::Notification => Ring::with_setup(8, Setup::DeferTaskrun).unwrap(),
+        _ => Ring::new(8).unwrap(),
+    };
     let (bufs, memfd) = buffers(&ring);
     let mut peer = Peer::new(transport, Family::V4).unwrap();
     let (segs, op) = shape.segs();
@@ -235,12 +242,18 @@ fn run(shape: Shape, transport: Transport, mode: Mode, nth: u32, tally: &mut Tal
         }
     };
     let mut cqes = Vec::new();
+    let mut received = None;
     if mode == Mode::Notification {
-        // The result unarmed, then the wait in which the notification's
-        // completion runs, armed.
-        cqes = ring
-            .reap_until(|c| c.iter().any(|c| !c.is_notif()))
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        cqes = result_unarmed(&mut ring, &what);
+        // On TCP over loopback the receiver's skbs hold the notification:
+        // read them first, so that only its completion is left.
+        let res = cqes.iter().find(|c| !c.is_notif()).map_or(0, |c| c.res);
+        if res > 0 {
+            received = Some(
+                peer.receive(res as usize)
+                    .unwrap_or_else(|e| panic!("{what}: {e}")),
+            );
+        }
         let me = FailNth::this_thread();
         let ts = io_uring::types::Timespec::new().sec(5);
         let args = io_uring::types::SubmitArgs::new().timespec(&ts);
@@ -272,8 +285,9 @@ fn run(shape: Shape, transport: Transport, mode: Mode, nth: u32, tally: &mut Tal
         tally.clean_errors += 1;
     } else {
         let udp = transport != Transport::Tcp;
-        let got = match (udp, peer.pending().unwrap()) {
-            (true, false) if fired => {
+        let got = match (received, udp, peer.pending().unwrap()) {
+            (Some(got), _, _) => Some(got),
+            (None, true, false) if fired => {
                 tally.dropped += 1;
                 None
             }
@@ -300,6 +314,24 @@ fn run(shape: Shape, transport: Transport, mode: Mode, nth: u32, tally: &mut Tal
         .unwrap_or_else(|e| panic!("{what}: the memfd's pages are still held: {e}"));
     tally.injected += u64::from(fired);
     fired
+}
+
+/// The result CQE of a notification run, unarmed. An inline send posts
+/// it during the submission: it is taken from the ring without entering
+/// the kernel, which would run the notification's task work here. A send
+/// that went to poll is waited for (its notification may then complete
+/// unarmed, and the run injects nothing there).
+fn result_unarmed(ring: &mut Ring, what: &str) -> Vec<Cqe> {
+    let posted: Vec<Cqe> = ring.ring.completion().map(|e| Cqe::from(&e)).collect();
+    if posted.iter().any(|c| !c.is_notif()) {
+        return posted;
+    }
+    let mut cqes = posted;
+    cqes.extend(
+        ring.reap_until(|c| c.iter().any(|c| !c.is_notif()))
+            .unwrap_or_else(|e| panic!("{what}: {e}")),
+    );
+    cqes
 }
 
 /// A line in the kernel log (the guest's console shows it as it comes).
