@@ -115,7 +115,10 @@ enum Shape {
     /// COPY headers, FIXED payloads over three buffers, a USER payload.
     Mixed,
     AllCopy,
+    /// FIXED from two buffers: the per-iovec path.
     AllFixed,
+    /// FIXED from one buffer: turned into a FIXED_BUF send at prep.
+    UniformFixed,
     /// As Mixed, through SEND_ZC with IORING_SEND_VECTORIZED.
     VectorizedMixed,
 }
@@ -140,6 +143,7 @@ impl Shape {
                 Op::SendMsgZc,
             ),
             Shape::AllFixed => (vec![fixed(0, 0, 8000), fixed(1, 7, 5000)], Op::SendMsgZc),
+            Shape::UniformFixed => (vec![fixed(0, 0, 8000), fixed(0, 9000, 5000)], Op::SendMsgZc),
         }
     }
 }
@@ -390,6 +394,7 @@ fn every_allocation_failure_of_a_send_ends_cleanly() {
                 Shape::Mixed,
                 Shape::AllCopy,
                 Shape::AllFixed,
+                Shape::UniformFixed,
                 Shape::VectorizedMixed,
             ] {
                 if mode == Mode::Async {

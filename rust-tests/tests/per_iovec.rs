@@ -219,7 +219,11 @@ enum Bad {
     SendZcNotVectored,
     UnreadableCopy,
     UnreadableUser,
+    LongerThanMaxRwCount,
 }
+
+/// MAX_RW_COUNT on 4 KiB pages: the most one read or write may move.
+const MAX_RW_COUNT: usize = (i32::MAX as usize) & !4095;
 
 fn break_request(bad: &Bad, req: &mut Request, bufs: &RegBufs, sqe: &mut SendSqe) {
     match bad {
@@ -241,6 +245,8 @@ fn break_request(bad: &Bad, req: &mut Request, bufs: &RegBufs, sqe: &mut SendSqe
         Bad::SendZcNotVectored => sqe.ioprio &= !sys::IORING_SEND_VECTORIZED,
         Bad::UnreadableCopy => req.iov[0].iov_base = 0x1000 as *mut libc::c_void,
         Bad::UnreadableUser => req.iov[2].iov_base = 0x1000 as *mut libc::c_void,
+        // The lengths are checked before any memory is: nothing is read.
+        Bad::LongerThanMaxRwCount => req.iov[2].iov_len = MAX_RW_COUNT,
     }
     req.sync_msg();
 }
@@ -260,6 +266,7 @@ fn break_request(bad: &Bad, req: &mut Request, bufs: &RegBufs, sqe: &mut SendSqe
 #[case::send_zc_not_vectored(Bad::SendZcNotVectored, Op::SendZcVectored, libc::EINVAL)]
 #[case::unreadable_copy(Bad::UnreadableCopy, Op::SendMsgZc, libc::EFAULT)]
 #[case::unreadable_user(Bad::UnreadableUser, Op::SendZcVectored, libc::EFAULT)]
+#[case::longer_than_max_rw_count(Bad::LongerThanMaxRwCount, Op::SendMsgZc, libc::EINVAL)]
 fn errors_send_nothing_and_keep_the_protocol(
     #[case] bad: Bad,
     #[case] op: Op,
