@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sendzc_iov_vm_tests::net::Peer;
+use sendzc_iov_vm_tests::process::drop_cap_ipc_lock;
 use sendzc_iov_vm_tests::{
     pattern, require_feature, seal_write, zc_completion, Family, MmapBuf, Op, RegBufs, Request,
     Ring, Seg, Transport,
@@ -133,45 +134,6 @@ fn closing_ring_and_socket_with_a_request_in_flight_releases_everything() {
     );
 }
 
-/// Drops CAP_IPC_LOCK from the calling thread (capabilities are per
-/// thread), so that rings it creates account pinned memory against
-/// RLIMIT_MEMLOCK as they do for unprivileged users.
-fn drop_ipc_lock() {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const VERSION_3: u32 = 0x2008_0522;
-    const CAP_IPC_LOCK: u32 = 14;
-    let mut header = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
-    let mut data = [Data::default(); 2];
-    // SAFETY: capget writes two Data structs for version 3, which we pass.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &mut header as *mut Header,
-            data.as_mut_ptr(),
-        )
-    };
-    assert_eq!(rc, 0, "capget: {}", std::io::Error::last_os_error());
-    data[0].effective &= !(1 << CAP_IPC_LOCK);
-    data[0].permitted &= !(1 << CAP_IPC_LOCK);
-    // SAFETY: capset reads the header and two Data structs we pass.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
-    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
-}
-
 /// Many rounds of mixed requests, each holding 256 KiB of user pages until
 /// its notification, under a 2 MiB RLIMIT_MEMLOCK: if a round's pages were
 /// not unaccounted, the limit would be hit (-ENOMEM) within a few rounds.
@@ -180,7 +142,7 @@ fn memlock_accounting_does_not_creep() {
     require_feature();
     let _serial = SERIAL.lock().unwrap();
     std::thread::spawn(|| {
-        drop_ipc_lock();
+        drop_cap_ipc_lock().expect("dropping CAP_IPC_LOCK");
         let limit = libc::rlimit {
             rlim_cur: 2 << 20,
             rlim_max: libc::RLIM_INFINITY,
