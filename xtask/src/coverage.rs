@@ -156,14 +156,18 @@ impl Coverage {
 
 /// The coverage of the series in a guest run of `kernel`, or `None` (said
 /// on the terminal) when the kernel was not built for it: the bench
-/// profile, or a `--kernel-src` tree, which has no `base` to diff against.
+/// profile, a `--kernel-src` tree, which has no `base` to diff against, or
+/// an empty series.
 pub fn for_run(
     kernel: &Kernel,
     options: &Options,
     out: &Path,
     uncovered: &Path,
 ) -> Result<Option<Coverage>> {
-    if options.kernel_src.is_some() || options.profile.unwrap_or(Profile::Debug) != Profile::Debug {
+    if options.kernel_src.is_some()
+        || options.profile.unwrap_or(Profile::Debug) != Profile::Debug
+        || !kernel.expect_feature
+    {
         eprintln!("  no series coverage: only the series' debug kernel is profiled");
         return Ok(None);
     }
