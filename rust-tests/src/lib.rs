@@ -12,6 +12,7 @@ pub mod netns;
 pub mod process;
 pub mod request;
 pub mod ring;
+pub mod ublk;
 
 pub use net::{CSockAddr, Family, Peer, TcpPair, Transport, UdpPair};
 pub use request::{seal_write, MmapBuf, Op, RegBufs, Request, Seg};

@@ -229,6 +229,19 @@ impl Request {
             });
             attrs.push(attr);
         }
+        Request::from_parts(segs, iov, attrs, expected)
+    }
+
+    /// A request of iovecs and attributes built by the caller, for buffers
+    /// that [`RegBufs`] does not describe (a kernel-registered buffer,
+    /// whose iovecs hold offsets rather than addresses); `segs` may be
+    /// empty then.
+    pub fn from_parts(
+        segs: Vec<Seg>,
+        iov: Vec<libc::iovec>,
+        attrs: Vec<io_uring_zc_iov_attr>,
+        expected: Vec<u8>,
+    ) -> Request {
         // SAFETY: msghdr is plain data; all-zero is an empty message.
         let msg = Box::new(unsafe { std::mem::zeroed::<libc::msghdr>() });
         let mut request = Request {

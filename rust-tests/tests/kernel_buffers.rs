@@ -1,0 +1,256 @@
+//! FIXED iovecs whose registered buffer is a kernel bvec, not pinned user
+//! pages: the pages of a ublk block request, installed in the server's ring
+//! by UBLK_U_IO_REGISTER_IO_BUF (ublk zero copy). This is how a ublk server
+//! sends what is written to its disk straight to a network peer, and the
+//! only path from user space into the importer's IO_REGBUF_F_KBUF branch:
+//! offsets instead of addresses, bvecs of whatever size the block layer
+//! built, a direction taken from the request, and a buffer that the driver
+//! completes only once the send's notification has let go of it.
+
+use std::os::fd::AsRawFd;
+
+use rstest::rstest;
+use sendzc_iov::sys::io_uring_zc_iov_attr;
+use sendzc_iov_vm_tests::net::Peer;
+use sendzc_iov_vm_tests::ublk::{BlockIo, IoDesc, UblkDevice, UBLK_IO_OP_READ, UBLK_IO_OP_WRITE};
+use sendzc_iov_vm_tests::{
+    pattern, require_feature, zc_completion, Family, MmapBuf, Op, Request, Ring, Seg, Transport,
+};
+
+/// Registered-buffer slot the request's pages go into.
+const KBUF: u16 = 0;
+const PAGE: usize = 4096;
+/// Pages the writer sends from, each of its own mapping, so that the block
+/// request (and the registered buffer) has several bvecs.
+const WRITE_PAGES: usize = 3;
+
+/// What the writer puts on the disk: page `i` holds `pattern(PAGE, 40 + i)`.
+fn written_bytes() -> Vec<u8> {
+    (0..WRITE_PAGES)
+        .flat_map(|i| pattern(PAGE, 40 + i as u8))
+        .collect()
+}
+
+/// One O_DIRECT pwritev of [`written_bytes`] from separate mappings.
+fn write_disk(disk: std::fs::File) -> std::io::Result<usize> {
+    let mut pages = Vec::new();
+    for i in 0..WRITE_PAGES {
+        let mut page = MmapBuf::new(PAGE)?;
+        page.as_mut_slice()
+            .copy_from_slice(&pattern(PAGE, 40 + i as u8));
+        pages.push(page);
+    }
+    let iov: Vec<libc::iovec> = pages.iter().map(MmapBuf::iovec).collect();
+    // SAFETY: the iovecs describe the live mappings in `pages`.
+    let n = unsafe { libc::pwritev(disk.as_raw_fd(), iov.as_ptr(), iov.len() as i32, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// One O_DIRECT read of a page.
+fn read_disk(disk: std::fs::File) -> std::io::Result<usize> {
+    let page = MmapBuf::new(PAGE)?;
+    // SAFETY: reads into the live, writable mapping `page`.
+    let n = unsafe { libc::pread(disk.as_raw_fd(), page.iovec().iov_base, PAGE, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// A ublk device served on `ring`, whose buffer table has a slot for the
+/// request's pages.
+fn server(ring: &mut Ring) -> UblkDevice {
+    ring.ring.submitter().register_buffers_sparse(1).unwrap();
+    let mut dev = UblkDevice::add(2).expect("ublk device (CONFIG_BLK_DEV_UBLK)");
+    dev.start(ring).unwrap();
+    dev
+}
+
+/// Lets the block request behind `tag` go: the buffer leaves the table
+/// and the request completes with `result`.
+fn finish(dev: &UblkDevice, ring: &mut Ring, tag: u16, result: usize) {
+    dev.unregister_io_buf(ring, tag, KBUF).unwrap();
+    dev.commit(ring, tag, result as i32).unwrap();
+}
+
+/// Waits for the request the block I/O issued and installs its pages.
+fn registered_request(dev: &UblkDevice, ring: &mut Ring, op: u8) -> (u16, IoDesc) {
+    let (tag, desc) = dev.next_request(ring).unwrap();
+    assert_eq!(desc.op(), op, "unexpected request {desc:?}");
+    dev.register_io_buf(ring, tag, KBUF).unwrap();
+    (tag, desc)
+}
+
+/// A FIXED iovec of `len` bytes at `off` in the kernel buffer: its base is
+/// the offset itself.
+fn kbuf_iovec(off: usize, len: usize) -> (libc::iovec, io_uring_zc_iov_attr) {
+    let iov = libc::iovec {
+        iov_base: off as *mut libc::c_void,
+        iov_len: len,
+    };
+    (iov, io_uring_zc_iov_attr::fixed(KBUF))
+}
+
+/// [COPY header, FIXED start of the buffer, COPY header, FIXED range across
+/// a bvec boundary, USER tail, FIXED last byte], and the bytes it must put
+/// on the wire.
+fn mixed_request(disk: &[u8], peer: &Peer) -> Request {
+    let segs = vec![
+        Seg::Copy(pattern(24, 1)),
+        Seg::Copy(pattern(24, 2)),
+        Seg::User(pattern(333, 3)),
+    ];
+    let user_iovec = |i: usize| match &segs[i] {
+        Seg::Copy(b) | Seg::User(b) => libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        },
+        Seg::Fixed { .. } => unreachable!(),
+    };
+    let last = disk.len() - 1;
+    let parts = [
+        (user_iovec(0), io_uring_zc_iov_attr::copy()),
+        kbuf_iovec(0, 100),
+        (user_iovec(1), io_uring_zc_iov_attr::copy()),
+        kbuf_iovec(PAGE - 96, PAGE + 1000),
+        (user_iovec(2), io_uring_zc_iov_attr::user()),
+        kbuf_iovec(last, 1),
+    ];
+    let mut expected = Vec::new();
+    expected.extend_from_slice(&pattern(24, 1));
+    expected.extend_from_slice(&disk[..100]);
+    expected.extend_from_slice(&pattern(24, 2));
+    expected.extend_from_slice(&disk[PAGE - 96..2 * PAGE + 904]);
+    expected.extend_from_slice(&pattern(333, 3));
+    expected.push(disk[last]);
+    let (iov, attrs) = parts.into_iter().unzip();
+    with_dest(Request::from_parts(segs, iov, attrs, expected), peer)
+}
+
+fn with_dest(req: Request, peer: &Peer) -> Request {
+    match peer.dest() {
+        Some(dest) => req.to(dest),
+        None => req,
+    }
+}
+
+/// Sends `req` and returns its checked (result, notification) CQEs.
+fn send(ring: &mut Ring, req: &Request, op: Op, peer: &Peer) -> sendzc_iov_vm_tests::ZcCompletion {
+    let entry = req.sqe(op, peer.fd()).user_data(7).into_entry();
+    // SAFETY: `req` and the kernel buffer outlive the send: this returns
+    // only after the notification, or fails the test.
+    unsafe { ring.push(&entry) }.unwrap();
+    let cqes = ring.reap_zc(7).unwrap();
+    zc_completion(&cqes, 7).unwrap()
+}
+
+/// A request that must fail with -EFAULT: the CQE protocol holds (the
+/// series posts the notification of a failed request, as SEND_ZC does)
+/// and nothing reaches the receiver.
+fn expect_efault(ring: &mut Ring, req: &Request, op: Op, peer: &Peer) {
+    let done = send(ring, req, op, peer);
+    assert_eq!(done.result.res, -libc::EFAULT, "{done:?}");
+    assert!(
+        done.notif.is_some(),
+        "an error must still post the notification"
+    );
+    assert!(
+        !peer.pending().unwrap(),
+        "a failed request put bytes on the wire"
+    );
+}
+
+#[rstest]
+#[case::tcp_v4_sendmsg(Transport::Tcp, Family::V4, Op::SendMsgZc)]
+#[case::tcp_v6_send_vectored(Transport::Tcp, Family::V6, Op::SendZcVectored)]
+#[case::udp_v4_send_vectored(Transport::UdpConnected, Family::V4, Op::SendZcVectored)]
+#[case::udp_v6_sendmsg_to(Transport::UdpTo, Family::V6, Op::SendMsgZc)]
+fn mixed_request_sends_a_block_write_from_its_kernel_buffer(
+    #[case] transport: Transport,
+    #[case] family: Family,
+    #[case] op: Op,
+) {
+    require_feature();
+    let mut ring = Ring::new(16).unwrap();
+    let dev = server(&mut ring);
+    let disk = dev.open_disk().unwrap();
+    let writer = BlockIo::spawn(move || write_disk(disk));
+    let (tag, desc) = registered_request(&dev, &mut ring, UBLK_IO_OP_WRITE);
+    assert_eq!(desc.len(), WRITE_PAGES * PAGE);
+
+    let mut peer = Peer::new(transport, family).unwrap();
+    let req = mixed_request(&written_bytes(), &peer);
+    let done = send(&mut ring, &req, op, &peer);
+    assert_eq!(done.result.res, req.len() as i32, "{done:?}");
+    assert!(done.notif.is_some(), "{done:?}");
+    assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
+
+    finish(&dev, &mut ring, tag, desc.len());
+    assert_eq!(writer.wait().unwrap(), desc.len());
+    drop(ring);
+    dev.remove().unwrap();
+}
+
+/// A READ request's pages are registered for the kernel to write into
+/// (ITER_DEST only): sending from them must fail before anything is
+/// queued.
+#[rstest]
+#[case::sendmsg(Op::SendMsgZc)]
+#[case::send_vectored(Op::SendZcVectored)]
+fn a_block_read_buffer_cannot_be_sent_from(#[case] op: Op) {
+    require_feature();
+    let mut ring = Ring::new(16).unwrap();
+    let dev = server(&mut ring);
+    let disk = dev.open_disk().unwrap();
+    let reader = BlockIo::spawn(move || read_disk(disk));
+    let (tag, desc) = registered_request(&dev, &mut ring, UBLK_IO_OP_READ);
+
+    let peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+    let hdr = pattern(24, 5);
+    let (fixed, fixed_attr) = kbuf_iovec(0, 512);
+    let iov = vec![
+        libc::iovec {
+            iov_base: hdr.as_ptr() as *mut libc::c_void,
+            iov_len: hdr.len(),
+        },
+        fixed,
+    ];
+    let attrs = vec![io_uring_zc_iov_attr::copy(), fixed_attr];
+    let req = Request::from_parts(vec![Seg::Copy(hdr)], iov, attrs, Vec::new());
+    expect_efault(&mut ring, &req, op, &peer);
+
+    finish(&dev, &mut ring, tag, desc.len());
+    assert_eq!(reader.wait().unwrap(), PAGE);
+    drop(ring);
+    dev.remove().unwrap();
+}
+
+/// Offsets are checked against the request's length, not the pages'.
+#[rstest]
+#[case::past_the_end(WRITE_PAGES * PAGE - 10, 11)]
+#[case::offset_beyond(WRITE_PAGES * PAGE, 1)]
+#[case::wrapping(usize::MAX - 5, 10)]
+fn a_range_outside_the_kernel_buffer_fails(#[case] off: usize, #[case] len: usize) {
+    require_feature();
+    let mut ring = Ring::new(16).unwrap();
+    let dev = server(&mut ring);
+    let disk = dev.open_disk().unwrap();
+    let writer = BlockIo::spawn(move || write_disk(disk));
+    let (tag, desc) = registered_request(&dev, &mut ring, UBLK_IO_OP_WRITE);
+
+    let peer = Peer::new(Transport::UdpTo, Family::V4).unwrap();
+    let (fixed, attr) = kbuf_iovec(off, len);
+    let req = with_dest(
+        Request::from_parts(Vec::new(), vec![fixed], vec![attr], Vec::new()),
+        &peer,
+    );
+    expect_efault(&mut ring, &req, Op::SendMsgZc, &peer);
+
+    finish(&dev, &mut ring, tag, desc.len());
+    assert_eq!(writer.wait().unwrap(), desc.len());
+    drop(ring);
+    dev.remove().unwrap();
+}
