@@ -254,3 +254,40 @@ fn a_range_outside_the_kernel_buffer_fails(#[case] off: usize, #[case] len: usiz
     drop(ring);
     dev.remove().unwrap();
 }
+
+/// Every iovec FIXED from the one kernel buffer: the request is a plain
+/// FIXED_BUF vectored send, whose importer has a kernel-buffer branch of
+/// its own.
+#[rstest]
+#[case::sendmsg(Op::SendMsgZc)]
+#[case::send_vectored(Op::SendZcVectored)]
+fn uniform_fixed_request_sends_from_the_kernel_buffer(#[case] op: Op) {
+    require_feature();
+    let mut ring = Ring::new(16).unwrap();
+    let dev = server(&mut ring);
+    let disk = dev.open_disk().unwrap();
+    let writer = BlockIo::spawn(move || write_disk(disk));
+    let (tag, desc) = registered_request(&dev, &mut ring, UBLK_IO_OP_WRITE);
+
+    let mut peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+    let disk = written_bytes();
+    let ranges = [(10, 90), (PAGE - 1, 2), (2 * PAGE, PAGE)];
+    let (iov, attrs) = ranges
+        .iter()
+        .map(|&(off, len)| kbuf_iovec(off, len))
+        .unzip();
+    let expected = ranges
+        .iter()
+        .flat_map(|&(off, len)| disk[off..off + len].to_vec())
+        .collect();
+    let req = Request::from_parts(Vec::new(), iov, attrs, expected);
+    let done = send(&mut ring, &req, op, &peer);
+    assert_eq!(done.result.res, req.len() as i32, "{done:?}");
+    assert!(done.notif.is_some(), "{done:?}");
+    assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
+
+    finish(&dev, &mut ring, tag, desc.len());
+    assert_eq!(writer.wait().unwrap(), desc.len());
+    drop(ring);
+    dev.remove().unwrap();
+}
