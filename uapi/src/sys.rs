@@ -36,7 +36,9 @@ pub const IORING_SEND_ZC_IOV_ATTR: u16 = 1 << 6;
 
 /// Zero-copy from user memory (what `SEND[MSG]_ZC` does without attributes).
 pub const IORING_ZC_IOV_USER: u8 = 0;
-/// Copied at issue; the memory may be reused at the result CQE.
+/// Copied at issue; the memory may be reused at the result CQE. A request
+/// whose iovecs are all COPY has no notification: its one CQE comes
+/// without [`IORING_CQE_F_MORE`].
 pub const IORING_ZC_IOV_COPY: u8 = 1;
 /// Zero-copy from registered buffer `buf_index`; `iov_base` is an address
 /// inside that buffer.
