@@ -48,6 +48,22 @@ fn complete(ring: &mut Ring, entry: squeue::Entry, user_data: u64) -> ZcCompleti
     zc_completion(&cqes, user_data).unwrap()
 }
 
+/// Sends `req` by SENDMSG_ZC, which must fail with `errno` in one CQE and
+/// send nothing.
+fn failed_alone(ring: &mut Ring, req: &Request, user_data: u64, errno: i32, peer: &Peer) {
+    let entry = req
+        .sqe(Op::SendMsgZc, peer.fd())
+        .user_data(user_data)
+        .into_entry();
+    let done = complete(ring, entry, user_data);
+    assert_eq!(done.result.res, -errno, "{done:?}");
+    assert!(done.notif.is_none(), "{done:?}");
+    assert!(
+        !peer.pending().unwrap(),
+        "a failed request put bytes on the wire"
+    );
+}
+
 #[rstest]
 fn one_cqe_without_more(
     #[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op,
@@ -95,17 +111,7 @@ fn an_error_comes_without_more_either() {
     let peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
     let mut req = header_request(&peer, &ring);
     req.iov[1].iov_base = 0x1000 as *mut libc::c_void;
-    let done = complete(
-        &mut ring,
-        req.sqe(Op::SendMsgZc, peer.fd()).user_data(5).into_entry(),
-        5,
-    );
-    assert_eq!(done.result.res, -libc::EFAULT, "{done:?}");
-    assert!(done.notif.is_none(), "{done:?}");
-    assert!(
-        !peer.pending().unwrap(),
-        "a failed request put bytes on the wire"
-    );
+    failed_alone(&mut ring, &req, 5, libc::EFAULT, &peer);
 }
 
 /// Cancelled by a failed link head: -ECANCELED, still one CQE.
@@ -121,15 +127,5 @@ fn a_cancelled_request_comes_without_more() {
         .user_data(1);
     // SAFETY: a poll on no file points at no memory.
     unsafe { ring.push(&head) }.unwrap();
-    let done = complete(
-        &mut ring,
-        req.sqe(Op::SendMsgZc, peer.fd()).user_data(6).into_entry(),
-        6,
-    );
-    assert_eq!(done.result.res, -libc::ECANCELED, "{done:?}");
-    assert!(done.notif.is_none(), "{done:?}");
-    assert!(
-        !peer.pending().unwrap(),
-        "a cancelled request put bytes on the wire"
-    );
+    failed_alone(&mut ring, &req, 6, libc::ECANCELED, &peer);
 }

@@ -60,28 +60,33 @@ fn read_disk(disk: std::fs::File) -> std::io::Result<usize> {
     Ok(n as usize)
 }
 
-/// A ublk device served on `ring`, whose buffer table has a slot for the
-/// request's pages.
-fn server(ring: &mut Ring) -> UblkDevice {
+/// Serves one block request of `op`, issued by `io` on its own thread,
+/// with its pages installed as buffer [`KBUF`] of a fresh ring; `body`
+/// runs with that ring and the request's descriptor. Then the buffer
+/// leaves the table and the request is completed: the block I/O returns
+/// once every reference to its pages, a send's included, is gone.
+fn with_block_request(
+    op: u8,
+    io: fn(std::fs::File) -> std::io::Result<usize>,
+    body: impl FnOnce(&mut Ring, &IoDesc),
+) {
+    let mut ring = Ring::new(16).unwrap();
     ring.ring.submitter().register_buffers_sparse(1).unwrap();
     let mut dev = UblkDevice::add(2).expect("ublk device (CONFIG_BLK_DEV_UBLK)");
-    dev.start(ring).unwrap();
-    dev
-}
-
-/// Lets the block request behind `tag` go: the buffer leaves the table
-/// and the request completes with `result`.
-fn finish(dev: &UblkDevice, ring: &mut Ring, tag: u16, result: usize) {
-    dev.unregister_io_buf(ring, tag, KBUF).unwrap();
-    dev.commit(ring, tag, result as i32).unwrap();
-}
-
-/// Waits for the request the block I/O issued and installs its pages.
-fn registered_request(dev: &UblkDevice, ring: &mut Ring, op: u8) -> (u16, IoDesc) {
-    let (tag, desc) = dev.next_request(ring).unwrap();
+    dev.start(&mut ring).unwrap();
+    let disk = dev.open_disk().unwrap();
+    let block_io = BlockIo::spawn(move || io(disk));
+    let (tag, desc) = dev.next_request(&mut ring).unwrap();
     assert_eq!(desc.op(), op, "unexpected request {desc:?}");
-    dev.register_io_buf(ring, tag, KBUF).unwrap();
-    (tag, desc)
+    dev.register_io_buf(&mut ring, tag, KBUF).unwrap();
+
+    body(&mut ring, &desc);
+
+    dev.unregister_io_buf(&mut ring, tag, KBUF).unwrap();
+    dev.commit(&mut ring, tag, desc.len() as i32).unwrap();
+    assert_eq!(block_io.wait().unwrap(), desc.len());
+    drop(ring);
+    dev.remove().unwrap();
 }
 
 /// A FIXED iovec of `len` bytes at `off` in the kernel buffer: its base is
@@ -137,6 +142,14 @@ fn with_dest(req: Request, peer: &Peer) -> Request {
     }
 }
 
+/// Sends `req`, which must succeed, and checks the bytes the peer gets.
+fn send_and_receive(ring: &mut Ring, req: &Request, op: Op, peer: &mut Peer) {
+    let done = send(ring, req, op, peer);
+    assert_eq!(done.result.res, req.len() as i32, "{done:?}");
+    assert!(done.notif.is_some(), "{done:?}");
+    assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
+}
+
 /// Sends `req` and returns its checked (result, notification) CQEs.
 fn send(ring: &mut Ring, req: &Request, op: Op, peer: &Peer) -> sendzc_iov_vm_tests::ZcCompletion {
     let entry = req.sqe(op, peer.fd()).user_data(7).into_entry();
@@ -174,24 +187,12 @@ fn mixed_request_sends_a_block_write_from_its_kernel_buffer(
     #[case] op: Op,
 ) {
     require_feature();
-    let mut ring = Ring::new(16).unwrap();
-    let dev = server(&mut ring);
-    let disk = dev.open_disk().unwrap();
-    let writer = BlockIo::spawn(move || write_disk(disk));
-    let (tag, desc) = registered_request(&dev, &mut ring, UBLK_IO_OP_WRITE);
-    assert_eq!(desc.len(), WRITE_PAGES * PAGE);
-
-    let mut peer = Peer::new(transport, family).unwrap();
-    let req = mixed_request(&written_bytes(), &peer);
-    let done = send(&mut ring, &req, op, &peer);
-    assert_eq!(done.result.res, req.len() as i32, "{done:?}");
-    assert!(done.notif.is_some(), "{done:?}");
-    assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
-
-    finish(&dev, &mut ring, tag, desc.len());
-    assert_eq!(writer.wait().unwrap(), desc.len());
-    drop(ring);
-    dev.remove().unwrap();
+    with_block_request(UBLK_IO_OP_WRITE, write_disk, |ring, desc| {
+        assert_eq!(desc.len(), WRITE_PAGES * PAGE);
+        let mut peer = Peer::new(transport, family).unwrap();
+        let req = mixed_request(&written_bytes(), &peer);
+        send_and_receive(ring, &req, op, &mut peer);
+    });
 }
 
 /// A READ request's pages are registered for the kernel to write into
@@ -202,30 +203,21 @@ fn mixed_request_sends_a_block_write_from_its_kernel_buffer(
 #[case::send_vectored(Op::SendZcVectored)]
 fn a_block_read_buffer_cannot_be_sent_from(#[case] op: Op) {
     require_feature();
-    let mut ring = Ring::new(16).unwrap();
-    let dev = server(&mut ring);
-    let disk = dev.open_disk().unwrap();
-    let reader = BlockIo::spawn(move || read_disk(disk));
-    let (tag, desc) = registered_request(&dev, &mut ring, UBLK_IO_OP_READ);
-
-    let peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
-    let hdr = pattern(24, 5);
-    let (fixed, fixed_attr) = kbuf_iovec(0, 512);
-    let iov = vec![
-        libc::iovec {
-            iov_base: hdr.as_ptr() as *mut libc::c_void,
-            iov_len: hdr.len(),
-        },
-        fixed,
-    ];
-    let attrs = vec![io_uring_zc_iov_attr::copy(), fixed_attr];
-    let req = Request::from_parts(vec![Seg::Copy(hdr)], iov, attrs, Vec::new());
-    expect_efault(&mut ring, &req, op, &peer);
-
-    finish(&dev, &mut ring, tag, desc.len());
-    assert_eq!(reader.wait().unwrap(), PAGE);
-    drop(ring);
-    dev.remove().unwrap();
+    with_block_request(UBLK_IO_OP_READ, read_disk, |ring, _| {
+        let peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+        let hdr = pattern(24, 5);
+        let (fixed, fixed_attr) = kbuf_iovec(0, 512);
+        let iov = vec![
+            libc::iovec {
+                iov_base: hdr.as_ptr() as *mut libc::c_void,
+                iov_len: hdr.len(),
+            },
+            fixed,
+        ];
+        let attrs = vec![io_uring_zc_iov_attr::copy(), fixed_attr];
+        let req = Request::from_parts(vec![Seg::Copy(hdr)], iov, attrs, Vec::new());
+        expect_efault(ring, &req, op, &peer);
+    });
 }
 
 /// Offsets are checked against the request's length, not the pages'.
@@ -235,24 +227,15 @@ fn a_block_read_buffer_cannot_be_sent_from(#[case] op: Op) {
 #[case::wrapping(usize::MAX - 5, 10)]
 fn a_range_outside_the_kernel_buffer_fails(#[case] off: usize, #[case] len: usize) {
     require_feature();
-    let mut ring = Ring::new(16).unwrap();
-    let dev = server(&mut ring);
-    let disk = dev.open_disk().unwrap();
-    let writer = BlockIo::spawn(move || write_disk(disk));
-    let (tag, desc) = registered_request(&dev, &mut ring, UBLK_IO_OP_WRITE);
-
-    let peer = Peer::new(Transport::UdpTo, Family::V4).unwrap();
-    let (fixed, attr) = kbuf_iovec(off, len);
-    let req = with_dest(
-        Request::from_parts(Vec::new(), vec![fixed], vec![attr], Vec::new()),
-        &peer,
-    );
-    expect_efault(&mut ring, &req, Op::SendMsgZc, &peer);
-
-    finish(&dev, &mut ring, tag, desc.len());
-    assert_eq!(writer.wait().unwrap(), desc.len());
-    drop(ring);
-    dev.remove().unwrap();
+    with_block_request(UBLK_IO_OP_WRITE, write_disk, |ring, _| {
+        let peer = Peer::new(Transport::UdpTo, Family::V4).unwrap();
+        let (fixed, attr) = kbuf_iovec(off, len);
+        let req = with_dest(
+            Request::from_parts(Vec::new(), vec![fixed], vec![attr], Vec::new()),
+            &peer,
+        );
+        expect_efault(ring, &req, Op::SendMsgZc, &peer);
+    });
 }
 
 /// Every iovec FIXED from the one kernel buffer: the request is a plain
@@ -263,31 +246,19 @@ fn a_range_outside_the_kernel_buffer_fails(#[case] off: usize, #[case] len: usiz
 #[case::send_vectored(Op::SendZcVectored)]
 fn uniform_fixed_request_sends_from_the_kernel_buffer(#[case] op: Op) {
     require_feature();
-    let mut ring = Ring::new(16).unwrap();
-    let dev = server(&mut ring);
-    let disk = dev.open_disk().unwrap();
-    let writer = BlockIo::spawn(move || write_disk(disk));
-    let (tag, desc) = registered_request(&dev, &mut ring, UBLK_IO_OP_WRITE);
-
-    let mut peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
-    let disk = written_bytes();
-    let ranges = [(10, 90), (PAGE - 1, 2), (2 * PAGE, PAGE)];
-    let (iov, attrs) = ranges
-        .iter()
-        .map(|&(off, len)| kbuf_iovec(off, len))
-        .unzip();
-    let expected = ranges
-        .iter()
-        .flat_map(|&(off, len)| disk[off..off + len].to_vec())
-        .collect();
-    let req = Request::from_parts(Vec::new(), iov, attrs, expected);
-    let done = send(&mut ring, &req, op, &peer);
-    assert_eq!(done.result.res, req.len() as i32, "{done:?}");
-    assert!(done.notif.is_some(), "{done:?}");
-    assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
-
-    finish(&dev, &mut ring, tag, desc.len());
-    assert_eq!(writer.wait().unwrap(), desc.len());
-    drop(ring);
-    dev.remove().unwrap();
+    with_block_request(UBLK_IO_OP_WRITE, write_disk, |ring, _| {
+        let mut peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+        let disk = written_bytes();
+        let ranges = [(10, 90), (PAGE - 1, 2), (2 * PAGE, PAGE)];
+        let (iov, attrs) = ranges
+            .iter()
+            .map(|&(off, len)| kbuf_iovec(off, len))
+            .unzip();
+        let expected = ranges
+            .iter()
+            .flat_map(|&(off, len)| disk[off..off + len].to_vec())
+            .collect();
+        let req = Request::from_parts(Vec::new(), iov, attrs, expected);
+        send_and_receive(ring, &req, op, &mut peer);
+    });
 }
