@@ -220,7 +220,7 @@ impl UblkDevice {
 
     fn open_char_dev(&mut self) -> io::Result<()> {
         let path = format!("/dev/ublkc{}", self.dev_id);
-        let file = wait_for_node(&path)?;
+        let file = wait_for_node(&path, OpenOptions::new().read(true).write(true))?;
         let page = 4096;
         let len = (self.depth as usize * std::mem::size_of::<IoDesc>()).div_ceil(page) * page;
         // SAFETY: maps the driver's read-only descriptor area of queue 0
@@ -267,12 +267,9 @@ impl UblkDevice {
     /// `/dev/ublkb<id>`, opened for O_DIRECT: each read or write becomes
     /// one block request with the caller's pages.
     pub fn open_disk(&self) -> io::Result<File> {
-        wait_for_node(&format!("/dev/ublkb{}", self.dev_id))?;
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(format!("/dev/ublkb{}", self.dev_id))
+        let mut direct = OpenOptions::new();
+        direct.read(true).write(true).custom_flags(libc::O_DIRECT);
+        wait_for_node(&format!("/dev/ublkb{}", self.dev_id), &direct)
     }
 
     /// Waits for a block request; returns its tag and descriptor.
@@ -425,11 +422,11 @@ fn size_of_u16<T>() -> u16 {
     std::mem::size_of::<T>() as u16
 }
 
-/// Opens a device node, waiting for devtmpfs to create it.
-fn wait_for_node(path: &str) -> io::Result<File> {
+/// Opens a device node with `options`, waiting for devtmpfs to create it.
+fn wait_for_node(path: &str, options: &OpenOptions) -> io::Result<File> {
     let deadline = std::time::Instant::now() + CQE_TIMEOUT;
     loop {
-        match OpenOptions::new().read(true).write(true).open(path) {
+        match options.open(path) {
             Err(e)
                 if e.kind() == io::ErrorKind::NotFound && std::time::Instant::now() < deadline =>
             {
