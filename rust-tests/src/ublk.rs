@@ -365,16 +365,19 @@ impl UblkDevice {
             .cmd(as_bytes(&cmd))
             .build();
         // SAFETY: `addr` points at a value of the caller's that lives until
-        // this function returns, by which time the command has completed.
+        // this function returns; it returns only once the command has
+        // completed, and aborts the process otherwise.
         unsafe { self.control_ring.submission().push(&entry) }
             .map_err(|_| io::Error::other("control ring full"))?;
         let ts = types::Timespec::from(CQE_TIMEOUT);
         let args = types::SubmitArgs::new().timespec(&ts);
-        self.control_ring.submitter().submit_with_args(1, &args)?;
-        let cqe =
-            self.control_ring.completion().next().ok_or_else(|| {
-                io::Error::other(format!("ublk control command {op:#x} timed out"))
-            })?;
+        let submitted = self.control_ring.submitter().submit_with_args(1, &args);
+        let Some(cqe) = self.control_ring.completion().next() else {
+            // The command may still write through `addr`, into memory the
+            // caller is about to release: no way out but to stop here.
+            eprintln!("ublk control command {op:#x} not completed: {submitted:?}");
+            std::process::abort();
+        };
         if cqe.result() < 0 {
             return Err(io::Error::from_raw_os_error(-cqe.result()));
         }
