@@ -387,9 +387,32 @@ impl Forked {
         unsafe { Forked::fork(Some(pipe)) }
     }
 
+    /// A child that writes `byte` over its copy of `mem`, then exits.
+    pub fn fill_and_exit(mem: &mut [u8], byte: u8) -> io::Result<Forked> {
+        let fill = Fill {
+            at: mem.as_mut_ptr(),
+            len: mem.len(),
+            byte,
+        };
+        // SAFETY: see fork(); the child writes memory it maps (its copy of
+        // `mem`, borrowed mutably here) and calls _exit.
+        unsafe { Forked::fork_with(None, Some(fill)) }
+    }
+
     /// # Safety
     /// The child runs only [`child_body`], which never returns.
     unsafe fn fork(pipe: Option<(OwnedFd, OwnedFd)>) -> io::Result<Forked> {
+        // SAFETY: as for this function.
+        unsafe { Forked::fork_with(pipe, None) }
+    }
+
+    /// # Safety
+    /// The child runs only [`child_body`], which never returns; `fill`, if
+    /// any, is memory this process may write.
+    unsafe fn fork_with(
+        pipe: Option<(OwnedFd, OwnedFd)>,
+        fill: Option<Fill>,
+    ) -> io::Result<Forked> {
         let (wait_fd, close_fd) = match &pipe {
             Some((r, w)) => (r.as_raw_fd(), w.as_raw_fd()),
             None => (-1, -1),
@@ -398,7 +421,7 @@ impl Forked {
         // async-signal-safe functions and _exit.
         match unsafe { libc::fork() } {
             -1 => Err(io::Error::last_os_error()),
-            0 => child_body(close_fd, wait_fd),
+            0 => child_body(close_fd, wait_fd, fill),
             pid => Ok(Forked {
                 pid,
                 release: pipe.map(|(_, w)| w),
@@ -477,12 +500,26 @@ fn zeroed_siginfo() -> libc::siginfo_t {
     unsafe { std::mem::zeroed() }
 }
 
-/// The forked child: closes its copy of the release end, waits for EOF on
-/// `wait_fd` (if any), and exits. Only async-signal-safe calls.
-fn child_body(close_fd: RawFd, wait_fd: RawFd) -> ! {
-    // SAFETY: close, read and _exit on descriptors this process holds; no
+/// Memory a forked child writes before it exits.
+struct Fill {
+    at: *mut u8,
+    len: usize,
+    byte: u8,
+}
+
+/// The forked child: writes `fill` (if any), closes its copy of the release
+/// end, waits for EOF on `wait_fd` (if any), and exits. Only
+/// async-signal-safe calls.
+fn child_body(close_fd: RawFd, wait_fd: RawFd, fill: Option<Fill>) -> ! {
+    // SAFETY: plain stores into memory the caller of fork_with() vouched
+    // for, then close, read and _exit on descriptors this process holds; no
     // allocation, no lock, no Rust runtime.
     unsafe {
+        if let Some(f) = fill {
+            for i in 0..f.len {
+                f.at.add(i).write_volatile(f.byte);
+            }
+        }
         if close_fd >= 0 {
             libc::close(close_fd);
         }

@@ -129,3 +129,31 @@ fn a_cancelled_request_comes_without_more() {
     unsafe { ring.push(&head) }.unwrap();
     failed_alone(&mut ring, &req, 6, libc::ECANCELED, &peer);
 }
+
+/// IORING_ZC_IOV_COPY_MAX holds for every request, all COPY included, so
+/// that the cap does not depend on what else the request sends.
+#[rstest]
+#[case::at_the_cap(sys::IORING_ZC_IOV_COPY_MAX as usize, 0)]
+#[case::over_the_cap(sys::IORING_ZC_IOV_COPY_MAX as usize + 1, libc::E2BIG)]
+fn the_copy_cap_holds_here_too(#[case] copied: usize, #[case] errno: i32) {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let mut peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+    let bufs = RegBufs::register(&ring, &[4096]).unwrap();
+    let req = Request::new(
+        vec![
+            Seg::Copy(pattern(24, 1)),
+            Seg::Copy(pattern(copied - 24, 2)),
+        ],
+        &bufs,
+    );
+    if errno != 0 {
+        failed_alone(&mut ring, &req, 7, errno, &peer);
+        return;
+    }
+    let entry = req.sqe(Op::SendMsgZc, peer.fd()).user_data(8).into_entry();
+    let done = complete(&mut ring, entry, 8);
+    assert_eq!(done.result.res, copied as i32, "{done:?}");
+    assert!(done.notif.is_none(), "{done:?}");
+    assert_eq!(peer.receive(copied).unwrap(), req.expected());
+}

@@ -2,7 +2,7 @@
 //! split and retransmitted.
 //!
 //! A mixed request's skbs carry managed frags of three origins at once
-//! (COPY bounce pages, referenced USER pages, FIXED pages of several
+//! (COPY bounce fragments, pinned USER pages, FIXED pages of several
 //! registered buffers), all released by one notification. A plain send
 //! over loopback never takes them anywhere but to the receiver. These
 //! tests take them where a real network does:

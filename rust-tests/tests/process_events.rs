@@ -7,8 +7,8 @@
 //! SO_RCVBUF from the handshake on, the smallest SO_SNDBUF at the sender,
 //! TCP over loopback) keeps them in flight: short and waiting in poll, linked behind
 //! another and not imported yet, or queued with their notification pending.
-//! That is when a request holds the most (buffer nodes, user page references,
-//! bounce pages, memlock accounting, the attribute array of a request not
+//! That is when a request holds the most (buffer nodes, user page pins,
+//! bounce fragments, memlock accounting, the attribute array of a request not
 //! imported yet), and the process events make the release paths run from
 //! unusual places: ring exit work, task_work that falls back to a workqueue
 //! once the task is gone, orphaned and reset sockets.
@@ -488,6 +488,10 @@ fn child_with_requests_in_flight() {
 
 // ---------------------------------------------------------------------------
 // fork() while a USER iovec's page is held
+//
+// The series pins USER pages (FOLL_PIN), so fork() copies a pinned page for
+// the child instead of sharing it copy-on-write: the parent's buffer stays
+// the memory being sent, and nothing the child does reaches the wire.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fork {
@@ -495,10 +499,20 @@ enum Fork {
     ChildExitsFirst,
     /// The parent writes the page while the child still maps it.
     ParentWritesWhileChildLives,
+    /// The child writes its copy of the page, then exits.
+    ChildWrites,
     /// No fork: the write lands in the page the request holds, and shows on
     /// the wire. Not a property of the series, a check of this test: the
     /// page is still in use, far from the wire, when it is written.
     NoForkControl,
+}
+
+impl Fork {
+    /// Whether the write shows on the wire: wherever the parent writes,
+    /// as without a fork.
+    fn write_is_sent(self) -> bool {
+        self != Fork::ChildWrites
+    }
 }
 
 const FORK_BUFS: [usize; 3] = [256 * 1024, 128 * 1024, 64 * 1024];
@@ -522,7 +536,8 @@ fn request_ending_on(page: &MmapBuf, bufs: &RegBufs) -> Request {
     req
 }
 
-/// Forks as `fork` says, and writes `fresh` into `page` from this process.
+/// Forks as `fork` says, and writes `fresh` into `page` from the parent or
+/// the child.
 fn fork_and_write(fork: Fork, page: &mut MmapBuf, fresh: &[u8]) {
     match fork {
         Fork::NoForkControl => page.as_mut_slice().copy_from_slice(fresh),
@@ -538,14 +553,19 @@ fn fork_and_write(fork: Fork, page: &mut MmapBuf, fresh: &[u8]) {
             child.release();
             assert_eq!(child.reap(CHILD_BOUND).unwrap(), 0);
         }
+        Fork::ChildWrites => {
+            let mut child = Forked::fill_and_exit(page.as_mut_slice(), fresh[0]).unwrap();
+            assert_eq!(child.reap(CHILD_BOUND).unwrap(), 0);
+        }
     }
 }
 
 #[rstest]
-fn user_page_keeps_its_bytes_when_fork_makes_it_copy_on_write(
+fn user_page_stays_the_parents_memory_across_fork(
     #[values(
         Fork::ChildExitsFirst,
         Fork::ParentWritesWhileChildLives,
+        Fork::ChildWrites,
         Fork::NoForkControl
     )]
     fork: Fork,
@@ -571,9 +591,9 @@ fn user_page_keeps_its_bytes_when_fork_makes_it_copy_on_write(
     assert_eq!(done.result.res, len as i32, "{done:?}");
     assert!(done.notif.is_some(), "{done:?}");
 
-    let want = match fork {
-        Fork::NoForkControl => [&req.expected()[..len - PAGE], &fresh[..]].concat(),
-        _ => req.expected().to_vec(),
+    let want = match fork.write_is_sent() {
+        true => [&req.expected()[..len - PAGE], &fresh[..]].concat(),
+        false => req.expected().to_vec(),
     };
     let differs = got.iter().zip(&want).position(|(a, b)| a != b);
     assert!(
@@ -608,20 +628,27 @@ const USER_LEN: usize = 128 * 1024;
 enum Size {
     /// COPY headers, FIXED payloads from two buffers, 128 KiB USER.
     Big,
-    /// One COPY header and FIXED payloads.
+    /// A COPY header, FIXED payloads and one USER page.
     Probe,
+    /// A COPY header and FIXED payloads: nothing pinned, nothing charged.
+    Headers,
 }
 
 impl Size {
     /// The pages the series charges to RLIMIT_MEMLOCK until the
-    /// notification: USER pages spanned, and bounce pages for COPY bytes.
+    /// notification: the USER pages spanned. COPY bytes go to the ring's
+    /// bounce cache, charged to the memcg, not to RLIMIT_MEMLOCK.
     fn pages(self) -> usize {
         match self {
-            Size::Big => USER_LEN / PAGE + 1,
+            Size::Big => USER_LEN / PAGE,
             Size::Probe => 1,
+            Size::Headers => 0,
         }
     }
 }
+
+/// Requests of [`Size::Headers`] that must still go at the limit.
+const HEADERS_AT_LIMIT: usize = 8;
 
 /// One request on a zero-window connection of its own, with the memory
 /// it points at.
@@ -634,14 +661,29 @@ struct Flight {
 
 fn flight(size: Size, user_data: u64, bufs: &RegBufs) -> Flight {
     let conn = ZeroWindow::new(Family::V4).unwrap();
-    // Both sizes more than a zero-window connection takes in (some 70 KiB).
-    if size == Size::Probe {
-        let segs = vec![
-            hdr(2),
-            fixed(0, 0, 64 * 1024),
-            fixed(1, 0, 32 * 1024),
-            fixed(0, 0, 64 * 1024),
-        ];
+    // Every size is more than a zero-window connection takes in (some
+    // 70 KiB), so that every request stays in flight.
+    let (mut segs, user_len) = match size {
+        Size::Big => (
+            vec![
+                hdr(0),
+                fixed(0, 0, 64 * 1024),
+                hdr(1),
+                fixed(1, 0, 32 * 1024),
+            ],
+            USER_LEN,
+        ),
+        Size::Probe | Size::Headers => (
+            vec![
+                hdr(2),
+                fixed(0, 0, 64 * 1024),
+                fixed(1, 0, 32 * 1024),
+                fixed(0, 0, 64 * 1024),
+            ],
+            if size == Size::Probe { PAGE } else { 0 },
+        ),
+    };
+    if user_len == 0 {
         let req = Request::new(segs, bufs);
         return Flight {
             user_data,
@@ -650,18 +692,13 @@ fn flight(size: Size, user_data: u64, bufs: &RegBufs) -> Flight {
             _user: None,
         };
     }
-    let bytes = pattern(USER_LEN, user_data as u8);
-    // Page-aligned, so that it spans exactly USER_LEN / PAGE pages.
+    let bytes = pattern(user_len, user_data as u8);
+    // Page-aligned, so that it spans exactly user_len / PAGE pages.
     let user = private_copy(&bytes);
-    let segs = vec![
-        hdr(0),
-        fixed(0, 0, 64 * 1024),
-        hdr(1),
-        fixed(1, 0, 32 * 1024),
-        Seg::User(bytes),
-    ];
+    segs.push(Seg::User(bytes));
+    let at = segs.len() - 1;
     let mut req = Request::new(segs, bufs);
-    point_at(&mut req, 4, &user);
+    point_at(&mut req, at, &user);
     Flight {
         user_data,
         conn,
@@ -711,7 +748,8 @@ fn launch(ring: &mut Ring, flight: &Flight, cqes: &mut Vec<Cqe>) -> Option<i32> 
 }
 
 /// Big requests until one fails, then probes until one fails: the requests
-/// in flight then hold the limit to the page.
+/// in flight then hold the limit to the page. Then requests that pin
+/// nothing, which must still go.
 fn saturate(ring: &mut Ring, bufs: &RegBufs, next: &mut u64) -> Saturation {
     let mut s = Saturation::default();
     for size in [Size::Big, Size::Probe] {
@@ -734,6 +772,17 @@ fn saturate(ring: &mut Ring, bufs: &RegBufs, next: &mut u64) -> Saturation {
             }
             s.flights.push(f);
         }
+    }
+    for _ in 0..HEADERS_AT_LIMIT {
+        *next += 1;
+        let f = flight(Size::Headers, *next, bufs);
+        if let Some(errno) = launch(ring, &f, &mut s.cqes) {
+            panic!(
+                "a request that pins nothing failed at the limit with errno \
+                 {errno}: its COPY header was charged to RLIMIT_MEMLOCK"
+            );
+        }
+        s.flights.push(f);
     }
     s.cqes.extend(ready_cqes(ring));
     let early: Vec<&Cqe> = s.cqes.iter().filter(|c| c.is_notif()).collect();
@@ -846,7 +895,8 @@ fn child_memlock() {
     eprintln!(
         "memlock: limit {} KiB: -ENOMEM at big request {} ({} pages each), \
          then at probe {} (1 page); {held} pages held by requests in flight, \
-         the same after draining",
+         the same after draining; {HEADERS_AT_LIMIT} requests of COPY \
+         headers and FIXED payloads went at the limit",
         MEMLOCK_LIMIT >> 10,
         big + 1,
         Size::Big.pages(),

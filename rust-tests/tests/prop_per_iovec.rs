@@ -29,7 +29,7 @@ use std::cell::{Cell, RefCell};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
-use sendzc_iov::sys::{IORING_RECVSEND_POLL_FIRST, IORING_ZC_IOV_FIXED};
+use sendzc_iov::sys::{IORING_RECVSEND_POLL_FIRST, IORING_ZC_IOV_COPY_MAX, IORING_ZC_IOV_FIXED};
 
 /// sqe->flags: issue from an io-wq worker.
 const IOSQE_ASYNC: u8 = 1 << 4;
@@ -171,7 +171,7 @@ fn family() -> impl Strategy<Value = Family> {
     prop_oneof![Just(Family::V4), Just(Family::V6)]
 }
 
-/// Keeps a mixed request's COPY bytes within the kernel's 64 KiB cap.
+/// Keeps a request's COPY bytes within IORING_ZC_IOV_COPY_MAX.
 fn within_copy_cap(segs: &[Seg]) -> bool {
     let copied: usize = segs
         .iter()
@@ -180,8 +180,7 @@ fn within_copy_cap(segs: &[Seg]) -> bool {
             _ => 0,
         })
         .sum();
-    let uniform = segs.iter().all(|s| matches!(s, Seg::Copy(_)));
-    uniform || copied <= 64 * 1024
+    copied <= IORING_ZC_IOV_COPY_MAX as usize
 }
 
 /// One ring per setup, each with the four buffers registered, and a peer

@@ -41,6 +41,7 @@ pub fn facts() -> Vec<(&'static str, u64)> {
         ("IORING_ZC_IOV_USER", sys::IORING_ZC_IOV_USER.into()),
         ("IORING_ZC_IOV_COPY", sys::IORING_ZC_IOV_COPY.into()),
         ("IORING_ZC_IOV_FIXED", sys::IORING_ZC_IOV_FIXED.into()),
+        ("IORING_ZC_IOV_COPY_MAX", sys::IORING_ZC_IOV_COPY_MAX.into()),
         (
             "IORING_FEAT_SEND_ZC_IOV_ATTR",
             sys::IORING_FEAT_SEND_ZC_IOV_ATTR.into(),

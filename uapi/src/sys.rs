@@ -41,8 +41,13 @@ pub const IORING_ZC_IOV_USER: u8 = 0;
 /// without [`IORING_CQE_F_MORE`].
 pub const IORING_ZC_IOV_COPY: u8 = 1;
 /// Zero-copy from registered buffer `buf_index`; `iov_base` is an address
-/// inside that buffer.
+/// inside that buffer. The buffer is looked up at the request's first
+/// issue (inline at submit, or later for a linked or POLL_FIRST request).
+/// A zero-length iovec, of any mode, is skipped.
 pub const IORING_ZC_IOV_FIXED: u8 = 2;
+/// The most bytes one request may copy ([`IORING_ZC_IOV_COPY`] iovecs),
+/// whether or not it also zero-copies; more fails with `-E2BIG`.
+pub const IORING_ZC_IOV_COPY_MAX: u32 = 1 << 16;
 
 /// io_uring_params->features: the kernel honours [`IORING_SEND_ZC_IOV_ATTR`].
 pub const IORING_FEAT_SEND_ZC_IOV_ATTR: u32 = 1 << 18;
