@@ -64,8 +64,9 @@
 //! payload bytes than [`Policy::copy_below`] (4096 by default: below that a
 //! notification costs more than the copy), when FixedBuf cannot carry it
 //! (payloads in two buffers or owned, no room for the headers), when its
-//! headers exceed the series' 64 KiB COPY cap, or when a datagram would
-//! need more than [`MAX_SKB_FRAGS`] frags zero-copied. A zero-copy attempt
+//! headers exceed the series' COPY cap (`IORING_ZC_IOV_COPY_MAX`, 64 KiB),
+//! or when a datagram would need more than [`MAX_SKB_FRAGS`] frags
+//! zero-copied, which the kernel would copy anyway. A zero-copy attempt
 //! that fails with EMSGSIZE, EINVAL or EOPNOTSUPP sent nothing, and is sent
 //! again as a copy. The bytes on the wire are the same on every path.
 //!

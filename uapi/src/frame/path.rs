@@ -114,12 +114,13 @@ impl Policy {
 }
 
 /// Frags one skb holds (`MAX_SKB_FRAGS` of a default kernel config): a
-/// zero-copy datagram needs one per piece and page, or the send fails
-/// with EMSGSIZE.
+/// zero-copy datagram needs one per piece and page. With more, the kernel
+/// copies the whole datagram (and FixedBuf fails with EMSGSIZE): a plain
+/// SENDMSG then does the same work without a notification.
 pub const MAX_SKB_FRAGS: usize = 17;
-/// Most COPY bytes the per-iovec path takes in a request that also
-/// zero-copies (the series' cap, `-E2BIG` above it).
-const COPY_CAP: usize = 64 * 1024;
+/// Most COPY bytes the per-iovec path takes in one request (`-E2BIG`
+/// above it).
+const COPY_CAP: usize = sys::IORING_ZC_IOV_COPY_MAX as usize;
 
 /// FixedBuf for a batch whose payloads are all leases of one buffer,
 /// with room in it for the headers and, on a datagram, few enough frags.
