@@ -173,9 +173,31 @@ pub fn check_patches(layout: &Layout, phases: &mut Phases) -> Result<()> {
         mail_ready(&layout.patches(), patches.len(), &[NETDEV])?;
         let liburing = liburing::series(layout)?;
         if !liburing.is_empty() {
-            mail_ready(&layout.patches().join("liburing"), liburing.len(), &[])?;
+            let dir = layout.patches().join("liburing");
+            mail_ready(&dir, liburing.len(), &[])?;
+            has_base_commit(&dir.join("0000-cover-letter.patch"))?;
         }
         Ok(())
+    })
+}
+
+/// The liburing series is based on a commit of liburing's git tree, which
+/// its cover letter names (format-patch --base) so that the list can apply
+/// it; the kernel series has none to name (a tarball, see its BASE).
+fn has_base_commit(cover: &Path) -> Result<()> {
+    if !names_base_commit(&fs::read_to_string(cover)?) {
+        bail!(
+            "{}: no 'base-commit: <40 hex digits>' line (format-patch --base)",
+            cover.display()
+        );
+    }
+    Ok(())
+}
+
+fn names_base_commit(cover: &str) -> bool {
+    cover.lines().any(|line| {
+        line.strip_prefix("base-commit: ")
+            .is_some_and(|id| id.len() == 40 && id.chars().all(|c| c.is_ascii_hexdigit()))
     })
 }
 
@@ -306,4 +328,17 @@ fn w1_check(layout: &Layout, src: &Path, build: &Path, patches: &[PathBuf]) -> R
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_base_commit;
+
+    #[test]
+    fn a_cover_letter_names_its_base_commit_in_full() {
+        let full = "base-commit: 27255f4ceda937b3540e425ed58284f5c03c8ad4\n";
+        assert!(names_base_commit(&format!("text\n\n{full}")));
+        assert!(!names_base_commit("base-commit: 27255f4c\n"));
+        assert!(!names_base_commit("Based on liburing 2.15.\n"));
+    }
 }

@@ -2,10 +2,12 @@
 //! released for the base kernel, and with kernel-patches/liburing/ applied
 //! for the patched kernel, then run in the guest by its own runtests.sh.
 //!
-//! This file builds both flavours; selection.rs says which tests run and
+//! This file builds both flavours; ffi_map.rs applies the series (based on
+//! liburing's master) to the release, selection.rs says which tests run and
 //! stages them, results.rs reads runtests.sh's verdicts, and gate.rs judges
 //! them against the base kernel's.
 
+mod ffi_map;
 pub mod gate;
 mod results;
 mod selection;
@@ -139,9 +141,7 @@ pub fn build(layout: &Layout, flavour: Flavour) -> Result<PathBuf> {
     let _cd = sh.push_dir(&tree);
     for patch in &patches {
         let name = patch.file_name().unwrap_or_default().to_string_lossy();
-        cmd!(sh, "git apply {patch}")
-            .quiet()
-            .run()
+        ffi_map::apply(&sh, patch)
             .with_context(|| format!("liburing patch {name} does not apply"))?;
         eprintln!("  applied {name}");
     }
@@ -178,9 +178,7 @@ pub fn check_series(layout: &Layout) -> Result<()> {
     configure(&sh)?;
     for (n, patch) in patches.iter().enumerate() {
         let name = patch.file_name().unwrap_or_default().to_string_lossy();
-        cmd!(sh, "git apply --whitespace=error-all {patch}")
-            .quiet()
-            .run()
+        ffi_map::apply(&sh, patch)
             .with_context(|| format!("liburing patch {name} does not apply cleanly"))?;
         make(&sh).with_context(|| format!("liburing does not build after {name}"))?;
         eprintln!("  {}/{} {name}: applies, builds", n + 1, patches.len());
