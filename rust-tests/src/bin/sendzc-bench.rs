@@ -21,14 +21,18 @@ use sendzc_iov_vm_tests::net::udp_through_dummy;
 use sendzc_iov_vm_tests::{Cqe, MmapBuf, RegBufs, Request, Ring, Seg};
 
 const HEADER: usize = 24;
+/// Registered payload buffers, indexes 0..BUFFERS.
 const BUFFERS: usize = 4;
+/// A small registered buffer of headers, index BUFFERS, for mode (g).
+const HEADER_POOL: u16 = BUFFERS as u16;
+const HEADER_POOL_LEN: usize = 4096;
 /// Each registered buffer: payload area, then headers for one-buffer modes.
 const PAYLOAD_AREA: usize = 8 << 20;
 const HEADER_AREA: usize = 4096;
 /// Requests in flight at once.
 const WINDOW: usize = 8;
 
-/// The modes of issue 6, each sending the same bytes.
+/// The modes of issues 6 and 13, each sending the same bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     /// (a) IORING_OP_SENDMSG, all copied.
@@ -47,9 +51,14 @@ enum Mode {
     IovAllCopy,
     /// (f) per-iovec, every iovec FIXED in one buffer.
     IovAllFixed,
+    /// (g) per-iovec: headers FIXED from a small header pool, payloads
+    /// FIXED over four buffers: what COPY headers are compared with.
+    IovHeaderPool,
+    /// (h) writev(2) on the socket, outside io_uring.
+    Writev,
 }
 
-const MODES: [Mode; 8] = [
+const MODES: [Mode; 10] = [
     Mode::SendMsg,
     Mode::ZcUser,
     Mode::ZcFixedOne,
@@ -58,6 +67,8 @@ const MODES: [Mode; 8] = [
     Mode::IovMixedOneBuf,
     Mode::IovAllCopy,
     Mode::IovAllFixed,
+    Mode::IovHeaderPool,
+    Mode::Writev,
 ];
 
 impl Mode {
@@ -71,11 +82,13 @@ impl Mode {
             Mode::IovMixedOneBuf => "e_iov_mixed1",
             Mode::IovAllCopy => "f_iov_copy",
             Mode::IovAllFixed => "f_iov_fixed1",
+            Mode::IovHeaderPool => "g_iov_hdr_pool",
+            Mode::Writev => "h_writev",
         }
     }
 
     fn zero_copy(self) -> bool {
-        !matches!(self, Mode::SendMsg | Mode::IovAllCopy)
+        !matches!(self, Mode::SendMsg | Mode::IovAllCopy | Mode::Writev)
     }
 }
 
@@ -91,7 +104,7 @@ fn segments(mode: Mode, payload: usize, batch: usize) -> Vec<Seg> {
     for i in 0..batch {
         let one_buf_off = i * payload;
         let (buf, off) = match mode {
-            Mode::IovMixed => ((i % BUFFERS) as u16, (i / BUFFERS) * payload),
+            Mode::IovMixed | Mode::IovHeaderPool => ((i % BUFFERS) as u16, (i / BUFFERS) * payload),
             _ => (0, one_buf_off),
         };
         let header_fixed = Seg::Fixed {
@@ -101,6 +114,11 @@ fn segments(mode: Mode, payload: usize, batch: usize) -> Vec<Seg> {
         };
         let header = match mode {
             Mode::ZcFixedOne | Mode::IovAllFixed => header_fixed,
+            Mode::IovHeaderPool => Seg::Fixed {
+                buf: HEADER_POOL,
+                off: i * HEADER,
+                len: HEADER,
+            },
             Mode::ZcUser => Seg::User(vec![i as u8; HEADER]),
             _ => Seg::Copy(vec![i as u8; HEADER]),
         };
@@ -109,7 +127,7 @@ fn segments(mode: Mode, payload: usize, batch: usize) -> Vec<Seg> {
             continue;
         }
         segs.push(match mode {
-            Mode::SendMsg | Mode::IovAllCopy => Seg::Copy(vec![7; payload]),
+            Mode::SendMsg | Mode::IovAllCopy | Mode::Writev => Seg::Copy(vec![7; payload]),
             Mode::ZcUser => Seg::User(vec![7; payload]),
             _ => Seg::Fixed {
                 buf,
@@ -125,6 +143,8 @@ fn segments(mode: Mode, payload: usize, batch: usize) -> Vec<Seg> {
 fn entries(mode: Mode, req: &Request, fd: i32, id: u64) -> Vec<squeue::Entry> {
     let ud = id << 16;
     match mode {
+        // Not a ring request: see writev_all().
+        Mode::Writev => Vec::new(),
         Mode::SendMsg => vec![opcode::SendMsg::new(types::Fd(fd), req.msghdr())
             .flags(libc::MSG_WAITALL as u32)
             .build()
@@ -203,6 +223,52 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// writev(2) of all of `iov` on blocking socket `fd`, resumed after a
+/// short write.
+fn writev_all(fd: i32, iov: &[libc::iovec]) -> std::io::Result<()> {
+    let mut iov = iov.to_vec();
+    let mut next = 0;
+    while next < iov.len() {
+        let left = &iov[next..];
+        // SAFETY: every iovec points into the Request, which outlives the
+        // call; writev only reads them.
+        let n = unsafe { libc::writev(fd, left.as_ptr(), left.len() as libc::c_int) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        let mut n = n as usize;
+        while next < iov.len() && n >= iov[next].iov_len {
+            n -= iov[next].iov_len;
+            next += 1;
+        }
+        if n > 0 {
+            iov[next].iov_base = iov[next].iov_base.wrapping_byte_add(n);
+            iov[next].iov_len -= n;
+        }
+    }
+    Ok(())
+}
+
+/// Mode (h): `count` writev(2) calls, one request each.
+fn run_writev(req: &Request, fd: i32, count: usize) -> Result<Sample, String> {
+    let wall0 = clock_ns(libc::CLOCK_MONOTONIC);
+    let cpu0 = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
+    for _ in 0..count {
+        writev_all(fd, &req.iov).map_err(|e| format!("h_writev: {e}"))?;
+    }
+    Ok(Sample {
+        requests: count,
+        bytes: count * req.len(),
+        wall_ns: clock_ns(libc::CLOCK_MONOTONIC) - wall0,
+        cpu_ns: clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) - cpu0,
+        zero_copy: None,
+    })
+}
+
 /// Sends `count` requests, at most WINDOW in flight; each is done when all
 /// its CQEs (results, and notifications announced by F_MORE) are in.
 fn run(
@@ -212,6 +278,9 @@ fn run(
     fd: i32,
     count: usize,
 ) -> Result<Sample, String> {
+    if mode == Mode::Writev {
+        return run_writev(req, fd, count);
+    }
     let wall0 = clock_ns(libc::CLOCK_MONOTONIC);
     let cpu0 = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
     let per_request = entries(mode, req, fd, 0).len();
@@ -311,9 +380,12 @@ fn main() -> Result<(), String> {
     let mut ring = Ring::new(256).map_err(|e| e.to_string())?;
     // Same backing for every buffer: 4 KiB pages (THP is "always" in the
     // bench config and would back some buffers, or parts, with huge folios).
-    let bufs: Vec<MmapBuf> = (0..BUFFERS)
-        .map(|_| {
-            let buf = MmapBuf::new(PAYLOAD_AREA + HEADER_AREA)?;
+    let sizes = [PAYLOAD_AREA + HEADER_AREA; BUFFERS]
+        .into_iter()
+        .chain([HEADER_POOL_LEN]);
+    let bufs: Vec<MmapBuf> = sizes
+        .map(|len| {
+            let buf = MmapBuf::new(len)?;
             buf.no_huge_pages()?;
             Ok(buf)
         })
