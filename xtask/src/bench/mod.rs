@@ -11,6 +11,7 @@
 //! instruction, so every time below counts guest instructions under TCG
 //! emulation, not host time.
 
+mod plot;
 mod report;
 mod tap;
 

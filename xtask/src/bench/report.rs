@@ -55,17 +55,18 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Medians and spread of one cell over its repetitions.
 #[derive(Debug, Clone)]
-struct Cell {
+pub(super) struct Cell {
     msgs_per_s: f64,
     gb_per_s: f64,
     cpu_per_msg: f64,
-    cpu_per_byte: f64,
+    pub(super) cpu_per_byte: f64,
     /// (max - min) / median of cpu_per_byte, in percent.
     spread_pct: f64,
     zero_copy: String,
 }
 
-type Key = (String, usize, usize, String);
+/// (transport, pairs per request, payload bytes, mode).
+pub(super) type Key = (String, usize, usize, String);
 
 fn cells(rows: &[Row]) -> BTreeMap<Key, Cell> {
     let mut groups: BTreeMap<Key, Vec<&Row>> = BTreeMap::new();
@@ -236,93 +237,9 @@ fn targets(cells: &BTreeMap<Key, Cell>) -> String {
     out
 }
 
-/// CPU per byte against payload size, one line per mode (TCP, one pair).
-fn plot(cells: &BTreeMap<Key, Cell>) -> String {
-    let modes: Vec<String> = {
-        let mut m: Vec<String> = cells.keys().map(|k| k.3.clone()).collect();
-        m.dedup();
-        m.sort();
-        m.dedup();
-        m
-    };
-    let payloads = [64usize, 1024, 4096, 16384, 65536, 512 * 1024];
-    let points = |mode: &str| -> Vec<(f64, f64)> {
-        payloads
-            .iter()
-            .filter_map(|&p| {
-                let c = cells.get(&("tcp-virtio".to_string(), 1, p, mode.to_string()))?;
-                Some(((p as f64).log2(), c.cpu_per_byte.max(1e-3).log10()))
-            })
-            .collect()
-    };
-    let all: Vec<(f64, f64)> = modes.iter().flat_map(|m| points(m)).collect();
-    let (w, h, pad) = (760.0, 420.0, 60.0);
-    let (x0, x1) = (6.0, 19.0);
-    let y0 = all
-        .iter()
-        .map(|p| p.1)
-        .fold(f64::INFINITY, f64::min)
-        .floor();
-    let y1 = all
-        .iter()
-        .map(|p| p.1)
-        .fold(f64::NEG_INFINITY, f64::max)
-        .ceil()
-        .max(y0 + 1.0);
-    let sx = |x: f64| pad + (x - x0) / (x1 - x0) * (w - 2.0 * pad);
-    let sy = |y: f64| h - pad - (y - y0) / (y1 - y0) * (h - 2.0 * pad);
-    let colors = [
-        "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
-    ];
-    let mut svg = format!(
-        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n\
-         <rect width='100%' height='100%' fill='white'/>\n\
-         <text x='{pad}' y='20'>sender CPU per byte vs payload (TCP, 1 pair, log-log): {UNIT_NOTE}</text>\n"
-    );
-    for p in payloads {
-        let x = sx((p as f64).log2());
-        let _ = writeln!(
-            svg,
-            "<text x='{x}' y='{}' text-anchor='middle'>{p}</text>",
-            h - pad + 18.0
-        );
-    }
-    let mut y = y0;
-    while y <= y1 {
-        let _ = writeln!(
-            svg,
-            "<text x='{}' y='{}' text-anchor='end'>{}</text><line x1='{pad}' x2='{}' y1='{2}' y2='{2}' stroke='#ddd'/>",
-            pad - 6.0,
-            sy(y),
-            10f64.powf(y),
-            w - pad
-        );
-        y += 1.0;
-    }
-    for (i, mode) in modes.iter().enumerate() {
-        let pts = points(mode);
-        if pts.is_empty() {
-            continue;
-        }
-        let color = colors[i % colors.len()];
-        let path: Vec<String> = pts
-            .iter()
-            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
-            .collect();
-        let _ = writeln!(
-            svg,
-            "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>",
-            path.join(" ")
-        );
-        let _ = writeln!(
-            svg,
-            "<text x='{}' y='{}' fill='{color}'>{mode}</text>",
-            w - pad + 4.0 - 120.0,
-            40.0 + 14.0 * i as f64
-        );
-    }
-    svg.push_str("</svg>\n");
-    svg
+#[cfg(test)]
+pub(super) fn cells_of_csv(csv: &str) -> Result<BTreeMap<Key, Cell>> {
+    Ok(cells(&parse_rows(csv)?))
 }
 
 /// Writes results.csv, summary.md and cpu_per_byte.svg under target/bench.
@@ -341,7 +258,7 @@ pub fn report(out: &Path, csvs: &[&str]) -> Result<String> {
     let summary = format!("{}\n{}", table(&cells), targets(&cells));
     fs::write(out.join("results.csv"), merged)?;
     fs::write(out.join("summary.md"), &summary)?;
-    fs::write(out.join("cpu_per_byte.svg"), plot(&cells))?;
+    fs::write(out.join("cpu_per_byte.svg"), super::plot::svg(&cells)?)?;
     Ok(summary)
 }
 
