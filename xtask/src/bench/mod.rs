@@ -97,7 +97,8 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases, quick: bool)
     }
     let udp = fs::read_to_string(out.join("udp.csv")).context("udp.csv")?;
     let tcp = fs::read_to_string(out.join("tcp.csv")).context("tcp.csv")?;
-    let summary = report::report(&out, &[&udp, &tcp])?;
+    let memory = fs::read_to_string(out.join("memory.csv")).context("memory.csv")?;
+    let summary = report::report(&out, &[&udp, &tcp], &memory)?;
     println!("{summary}");
     eprintln!(
         "bench: results in {} (results.csv, summary.md, cpu_per_byte.svg)",

@@ -237,13 +237,36 @@ fn targets(cells: &BTreeMap<Key, Cell>) -> String {
     out
 }
 
+/// memory.csv of sendzc-bench as a table: what one request of (e) holds
+/// while in flight, per shape.
+fn memory_table(csv: &str) -> Result<String> {
+    let mut out = String::from(
+        "Memory held per request of (e) in flight (UDP, a plug qdisc holding every \
+         datagram; MemFree drop and VmPin rise divided by the requests held):\n\n\
+         | pairs | payload | held | MemFree B/req | VmPin B/req | COPY B/req | node refs/req |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for line in csv.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 9 {
+            bail!("bad memory CSV row: {line}");
+        }
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            f[3], f[2], f[4], f[5], f[6], f[7], f[8]
+        );
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 pub(super) fn cells_of_csv(csv: &str) -> Result<BTreeMap<Key, Cell>> {
     Ok(cells(&parse_rows(csv)?))
 }
 
 /// Writes results.csv, summary.md and cpu_per_byte.svg under target/bench.
-pub fn report(out: &Path, csvs: &[&str]) -> Result<String> {
+pub fn report(out: &Path, csvs: &[&str], memory_csv: &str) -> Result<String> {
     let mut rows = Vec::new();
     let mut merged =
         String::from("transport,mode,payload,batch,rep,requests,bytes,wall_ns,cpu_ns,zero_copy\n");
@@ -255,7 +278,12 @@ pub fn report(out: &Path, csvs: &[&str]) -> Result<String> {
         bail!("the benchmark produced no results");
     }
     let cells = cells(&rows);
-    let summary = format!("{}\n{}", table(&cells), targets(&cells));
+    let summary = format!(
+        "{}\n{}\n{}",
+        table(&cells),
+        memory_table(memory_csv)?,
+        targets(&cells)
+    );
     fs::write(out.join("results.csv"), merged)?;
     fs::write(out.join("summary.md"), &summary)?;
     fs::write(out.join("cpu_per_byte.svg"), super::plot::svg(&cells)?)?;
@@ -287,6 +315,15 @@ mod tests {
         );
         assert!(t.contains("not measured"), "{t}");
         assert!(table(&cells).contains("| tcp-virtio | 1 | 65536 | e_iov_mixed4 |"));
+    }
+
+    #[test]
+    fn memory_rows_become_table_rows() {
+        let csv = "transport,mode,payload,batch,held,memfree_per_req,vmpin_per_req,copy_bytes_per_req,node_refs_per_req\n\
+                   udp-dummy,e_iov_mixed4,4096,4,2048,1500,0,96,4\n";
+        let t = memory_table(csv).unwrap();
+        assert!(t.contains("| 4 | 4096 | 2048 | 1500 | 0 | 96 | 4 |"), "{t}");
+        assert!(memory_table("h\n1,2\n").is_err());
     }
 
     #[test]

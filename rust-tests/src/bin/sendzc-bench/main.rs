@@ -7,7 +7,11 @@
 //! request) and mode, sends the same bytes several times and writes one
 //! CSV row per repetition: wall time, sender thread CPU time, requests,
 //! bytes, and whether REPORT_USAGE confirmed zero-copy. Under QEMU with
-//! `-icount`, both clocks count guest instructions, not host time.
+//! `-icount`, both clocks count guest instructions, not host time. On
+//! udp-dummy it then writes memory.csv beside OUT.csv: what a request of
+//! mode (e) holds while in flight (memory.rs).
+
+mod memory;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -433,6 +437,12 @@ fn main() -> Result<(), String> {
                 mode.label()
             );
         }
+    }
+    if let Some(sock) = &udp {
+        let memory_csv = std::path::Path::new(out).with_file_name("memory.csv");
+        let memory_csv = memory_csv.to_string_lossy();
+        let shapes = shapes(transport, quick);
+        memory::measure(&mut ring, &bufs, sock, &shapes, &memory_csv)?;
     }
     std::thread::sleep(Duration::from_millis(10));
     Ok(())
