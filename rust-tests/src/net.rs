@@ -110,6 +110,32 @@ fn pending(sock: &impl std::os::fd::AsFd) -> io::Result<bool> {
     }
 }
 
+/// `SO_MEMINFO` of asm-generic/socket.h (x86 uses the generic numbers);
+/// libc does not export it for this target.
+const SO_MEMINFO: libc::c_int = 55;
+
+/// The socket's memory counters (SO_MEMINFO), indexed by libc's
+/// `SK_MEMINFO_*`: what the kernel charges the socket for, e.g.
+/// sk_wmem_alloc and sk_wmem_queued.
+pub fn socket_meminfo(sock: &impl std::os::fd::AsRawFd) -> io::Result<[u32; 9]> {
+    let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `info`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info)
+}
+
 /// A socket address in the C layout, for msg_name and SEND_ZC's addr2.
 pub struct CSockAddr {
     storage: libc::sockaddr_storage,

@@ -20,12 +20,10 @@ use std::time::Duration;
 use io_uring::{opcode, types};
 use nix::sys::socket::{setsockopt, sockopt};
 use rstest::rstest;
+use sendzc_iov_vm_tests::net::socket_meminfo;
 use sendzc_iov_vm_tests::process::unacknowledged;
 use sendzc_iov_vm_tests::{pattern, zc_completion, Cqe, Family, MmapBuf, RegBufs, Ring};
 
-/// `SO_MEMINFO` of asm-generic/socket.h (x86 uses the generic numbers);
-/// libc does not export it for this target.
-const SO_MEMINFO: libc::c_int = 55;
 const HUGE_PAGE: usize = 2 << 20;
 /// What one send attaches: a page of the registered buffer.
 const SEND: usize = 4096;
@@ -66,19 +64,7 @@ fn fill_window(tx: &mut TcpStream) -> usize {
 
 /// The socket's sk_wmem_queued, from SO_MEMINFO.
 fn wmem_queued(sock: &TcpStream) -> usize {
-    let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
-    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `info`.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_MEMINFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "SO_MEMINFO: {}", std::io::Error::last_os_error());
+    let info = socket_meminfo(sock).expect("SO_MEMINFO");
     info[libc::SK_MEMINFO_WMEM_QUEUED as usize] as usize
 }
 

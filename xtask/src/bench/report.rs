@@ -242,8 +242,9 @@ fn targets(cells: &BTreeMap<Key, Cell>) -> String {
 fn memory_table(csv: &str) -> Result<String> {
     let mut out = String::from(
         "Memory held per request of (e) in flight (UDP, a plug qdisc holding every \
-         datagram; MemFree drop and VmPin rise divided by the requests held):\n\n\
-         | pairs | payload | held | MemFree B/req | VmPin B/req | COPY B/req | node refs/req |\n\
+         datagram; the socket's sk_wmem_alloc and the process's VmPin, their rise \
+         divided by the requests held; COPY bytes sit in the ring's bounce cache):\n\n\
+         | pairs | payload | held | sk_wmem_alloc B/req | VmPin B/req | COPY B/req | node refs/req |\n\
          |---|---|---|---|---|---|---|\n",
     );
     for line in csv.lines().skip(1).filter(|l| !l.trim().is_empty()) {

@@ -1,11 +1,14 @@
 //! Memory held per request in flight, for mode (e): a plug qdisc on the
 //! dummy device holds every datagram, and with it every notification,
 //! while HELD requests post their results; the kernel's own counters are
-//! read before and after. MemFree counts everything a request holds (skb,
-//! notification, bounce fragments); VmPin counts what io_uring charges to
-//! the ring's pinned memory (RLIMIT_MEMLOCK). Node references cost no
-//! memory: their count per request, the distinct buffers it names, is
-//! printed beside.
+//! read before and after. sk_wmem_alloc (SO_MEMINFO) is what the socket
+//! is charged for the queued skbs, their frags included as
+//! io_sg_from_iter() charges them; VmPin is what io_uring charges to the
+//! ring's pinned memory (RLIMIT_MEMLOCK). The COPY bytes are what the
+//! bounce cache holds (fragments are cut to the byte), and node references
+//! cost no memory: their count per request, the distinct buffers it names,
+//! is printed beside. MemFree is no use here: after the first shape the
+//! slab caches hand back freed skbs without touching it.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -15,12 +18,12 @@ use std::process::Command;
 
 use nix::sys::socket::{setsockopt, sockopt};
 use sendzc_iov::sys;
+use sendzc_iov_vm_tests::net::socket_meminfo;
 use sendzc_iov_vm_tests::{RegBufs, Request, Ring, Seg};
 
 use super::{segments, Mode};
 
-/// Requests held in flight at once: enough that the per-CPU page lists,
-/// which MemFree does not see, are noise of a few bytes per request.
+/// Requests held in flight at once.
 const HELD: usize = 2048;
 const DEVICE: &str = "szdummy0";
 
@@ -48,8 +51,13 @@ fn proc_kib(path: &str, field: &str) -> Result<u64, String> {
 }
 
 struct Held {
-    memfree_drop: u64,
+    wmem_rise: u64,
     vmpin_rise: u64,
+}
+
+fn wmem_alloc(sock: &UdpSocket) -> Result<u64, String> {
+    let info = socket_meminfo(sock).map_err(|e| format!("SO_MEMINFO: {e}"))?;
+    Ok(info[libc::SK_MEMINFO_WMEM_ALLOC as usize].into())
 }
 
 /// CQEs posted so far.
@@ -84,8 +92,9 @@ impl Posted {
 
 /// Submits every request, waits for all results while the plug holds the
 /// datagrams, reads the counters, then releases and drains.
-fn hold(ring: &mut Ring, requests: &[Request], fd: i32) -> Result<Held, String> {
-    let free0 = proc_kib("/proc/meminfo", "MemFree:")?;
+fn hold(ring: &mut Ring, requests: &[Request], sock: &UdpSocket) -> Result<Held, String> {
+    let fd = sock.as_raw_fd();
+    let wmem0 = wmem_alloc(sock)?;
     let pin0 = proc_kib("/proc/self/status", "VmPin:")?;
     let mut posted = Posted::default();
     for (i, req) in requests.iter().enumerate() {
@@ -102,7 +111,7 @@ fn hold(ring: &mut Ring, requests: &[Request], fd: i32) -> Result<Held, String> 
     while posted.results < requests.len() {
         posted.reap(ring, true)?;
     }
-    let free1 = proc_kib("/proc/meminfo", "MemFree:")?;
+    let wmem1 = wmem_alloc(sock)?;
     let pin1 = proc_kib("/proc/self/status", "VmPin:")?;
     tc("change", &["plug", "release_indefinite"])?;
     while posted.notifs < requests.len() {
@@ -110,7 +119,7 @@ fn hold(ring: &mut Ring, requests: &[Request], fd: i32) -> Result<Held, String> 
     }
     tc("change", &["plug", "block"])?;
     Ok(Held {
-        memfree_drop: free0.saturating_sub(free1),
+        wmem_rise: wmem1.saturating_sub(wmem0),
         vmpin_rise: pin1.saturating_sub(pin0),
     })
 }
@@ -126,7 +135,7 @@ pub fn measure(
     let mut csv = std::fs::File::create(out).map_err(|e| format!("{out}: {e}"))?;
     writeln!(
         csv,
-        "transport,mode,payload,batch,held,memfree_per_req,vmpin_per_req,copy_bytes_per_req,node_refs_per_req"
+        "transport,mode,payload,batch,held,wmem_alloc_per_req,vmpin_per_req,copy_bytes_per_req,node_refs_per_req"
     )
     .map_err(|e| e.to_string())?;
     // Room for every held datagram in the socket's send buffer.
@@ -154,12 +163,12 @@ pub fn measure(
         let requests: Vec<Request> = (0..HELD)
             .map(|_| Request::new(segs.clone(), bufs))
             .collect();
-        let held = hold(ring, &requests, sock.as_raw_fd())?;
+        let held = hold(ring, &requests, sock)?;
         writeln!(
             csv,
             "udp-dummy,{},{payload},{batch},{HELD},{},{},{copy_bytes},{}",
             Mode::IovMixed.label(),
-            held.memfree_drop / HELD as u64,
+            held.wmem_rise / HELD as u64,
             held.vmpin_rise / HELD as u64,
             buffers.len()
         )
