@@ -40,10 +40,9 @@ tab=$(printf '\t')
 while IFS="$tab" read -r name dir judge command; do
 	[ -n "$name" ] || continue
 	echo "sendzc-guest: running peer suite $name"
-	log="$out/peer-$name.log"
-	# A pipeline's status is tee's: the suite's goes through a file.
-	{ (cd "$dir" && $command); echo $? > "$log.rc"; } 2>&1 | tee "$log"
-	rc=$(cat "$log.rc")
+	"$(dirname "$0")/peer-suite.sh" "$out/peer-$name.log" "$dir" "$command" \
+		< /dev/null
+	rc=$?
 	if [ "$rc" = 0 ]; then
 		echo "peer-result: $name ok"
 	else

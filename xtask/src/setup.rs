@@ -266,6 +266,7 @@ mod tests {
         "prlimit",
         "sh",
         "sha256sum",
+        "tail",
         "tar",
         "umount",
     ];
@@ -294,6 +295,7 @@ mod tests {
         ("sysctl", "io_uring_zerocopy_tx.sh sets net.core sysctls"),
         ("file", "vng detects the kernel version with it"),
         ("tc", "the guest tests put netem on a veth pair"),
+        ("tail", "qemu/peer-suite.sh streams a suite's log"),
     ];
 
     /// Where a program a `cmd!` names comes from, if xtask provides it itself:

@@ -196,4 +196,67 @@ mod tests {
             ]
         );
     }
+
+    /// A suite that leaves a process behind holding its output (as a test
+    /// that runtests.sh timed out can) still ends: peer-suite.sh returns
+    /// the suite's status once the suite itself exits. With a pipe to tee
+    /// it waited for the leftover process, and the guest hung until the
+    /// host killed it.
+    #[test]
+    fn peer_suite_ends_when_a_leftover_process_holds_its_output() {
+        use std::os::unix::process::CommandExt;
+        use std::process::Command;
+        use std::time::{Duration, Instant};
+
+        let dir = std::env::temp_dir().join(format!("sendzc-peer-suite-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("suite.sh"),
+            "#!/bin/sh\nsleep 30 &\necho $! > leftover.pid\necho suite-output\nexit 3\n",
+        )
+        .unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/peer-suite.sh");
+        let log = dir.join("peer-x.log");
+        let console = dir.join("console");
+        // its own process group, so that a hung run can be killed whole
+        let mut child = Command::new(script)
+            .arg(&log)
+            .arg(&dir)
+            .arg("sh ./suite.sh")
+            .stdout(fs::File::create(&console).unwrap())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let group = libc::pid_t::try_from(child.id()).unwrap();
+                // SAFETY: killpg takes no pointers; the group is the one
+                // this test created for peer-suite.sh and its children.
+                unsafe { libc::killpg(group, libc::SIGKILL) };
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let leftover: libc::pid_t = fs::read_to_string(dir.join("leftover.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: kill takes no pointers; the pid is the leftover process
+        // the suite started (in the test's group, still running or gone).
+        unsafe { libc::kill(leftover, libc::SIGKILL) };
+        let streamed = fs::read_to_string(&console).unwrap();
+        let logged = fs::read_to_string(&log).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+
+        let status = status.expect("peer-suite.sh still running after 20 s");
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(logged, "suite-output\n");
+        assert!(streamed.contains("suite-output"), "streamed: {streamed:?}");
+    }
 }
