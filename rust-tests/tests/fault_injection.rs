@@ -121,6 +121,9 @@ enum Shape {
     UniformFixed,
     /// As Mixed, through SEND_ZC with IORING_SEND_VECTORIZED.
     VectorizedMixed,
+    /// Five COPY headers and FIXED payloads: more attributes than the
+    /// kernel reads onto its stack (UIO_FASTIOV), so it allocates them.
+    ManyPairs,
 }
 
 impl Shape {
@@ -144,6 +147,18 @@ impl Shape {
             ),
             Shape::AllFixed => (vec![fixed(0, 0, 8000), fixed(1, 7, 5000)], Op::SendMsgZc),
             Shape::UniformFixed => (vec![fixed(0, 0, 8000), fixed(0, 9000, 5000)], Op::SendMsgZc),
+            Shape::ManyPairs => (
+                (0..5u8)
+                    .flat_map(|i| {
+                        let off = usize::from(i) * 1000;
+                        [
+                            Seg::Copy(pattern(24, 10 + i)),
+                            fixed(u16::from(i % 2), off, 1000),
+                        ]
+                    })
+                    .collect(),
+                Op::SendMsgZc,
+            ),
         }
     }
 }
@@ -402,6 +417,7 @@ fn every_allocation_failure_of_a_send_ends_cleanly() {
                 Shape::AllFixed,
                 Shape::UniformFixed,
                 Shape::VectorizedMixed,
+                Shape::ManyPairs,
             ] {
                 if mode == Mode::Async {
                     spawn_worker(&mut keep_workers);
