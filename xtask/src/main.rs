@@ -41,7 +41,8 @@ commands:
   check-patches  checkpatch.pl --strict on each patch; build each prefix of the series
   host           fmt, clippy -D warnings, rustdoc -D warnings, host unit tests
   check-uapi     build the kernel, compare the Rust bindings with its <linux/io_uring.h>
-  bench [--quick]  bench kernel, sendzc-bench in the guest: table, targets, plot
+  bench [--quick|--targets]
+                 bench kernel, sendzc-bench in the guest: table, targets, plot
   kernel         fetch, patch, configure and build the kernel only
   setup          install missing host packages and virtme-ng
   fresh-check    run vm-test and ci in a new Debian 12 chroot, empty cache
@@ -89,9 +90,10 @@ fn run(args: &[String]) -> Result<()> {
             .and_then(|kernel| phases.run("check-uapi", || checks::check_uapi(&layout, &kernel)))
             .map(|()| None),
         "bench" => {
-            let quick = rest.first().is_some_and(|a| a == "--quick");
-            let rest = if quick { &rest[1..] } else { rest };
-            bench::run(&layout, &options::parse(rest)?, &mut phases, quick).map(|()| None)
+            let scope = rest.first().and_then(|a| bench::Scope::from_flag(a));
+            let rest = if scope.is_some() { &rest[1..] } else { rest };
+            let scope = scope.unwrap_or(bench::Scope::Full);
+            bench::run(&layout, &options::parse(rest)?, &mut phases, scope).map(|()| None)
         }
         "host" => phases
             .run("host checks", || checks::host_checks(&layout))

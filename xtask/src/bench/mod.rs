@@ -32,6 +32,34 @@ use tap::{TapNet, GUEST_ADDR, HOST_ADDR};
 const UNIT_NOTE: &str =
     "guest instructions under QEMU TCG -icount shift=0 (1 ns = 1 instruction), not host time";
 
+/// Which shapes sendzc-bench measures: all of them, 1 and 16 pairs per
+/// request (`--quick`), or only those the targets judge (`--targets`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Full,
+    Quick,
+    Targets,
+}
+
+impl Scope {
+    pub fn from_flag(flag: &str) -> Option<Scope> {
+        match flag {
+            "--quick" => Some(Scope::Quick),
+            "--targets" => Some(Scope::Targets),
+            _ => None,
+        }
+    }
+
+    /// sendzc-bench's flag for it.
+    fn flag(self) -> &'static str {
+        match self {
+            Scope::Full => "",
+            Scope::Quick => " --quick",
+            Scope::Targets => " --targets",
+        }
+    }
+}
+
 fn build_bench(layout: &Layout) -> Result<std::path::PathBuf> {
     let sh = Shell::new()?;
     let _cd = sh.push_dir(&layout.root);
@@ -43,7 +71,7 @@ fn build_bench(layout: &Layout) -> Result<std::path::PathBuf> {
     Ok(layout.root.join("target/release/sendzc-bench"))
 }
 
-pub fn run(layout: &Layout, options: &Options, phases: &mut Phases, quick: bool) -> Result<()> {
+pub fn run(layout: &Layout, options: &Options, phases: &mut Phases, scope: Scope) -> Result<()> {
     let options = Options {
         liburing: options.liburing,
         profile: Some(Profile::Bench),
@@ -59,7 +87,7 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases, quick: bool)
     let out = layout.root.join("target/bench");
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out)?;
-    let flag = if quick { " --quick" } else { "" };
+    let flag = scope.flag();
     let (b, o) = (bin.display(), out.display());
     // The virtio-net on the tap is the guest's only interface with a
     // device behind it (lo and the built-in dummy0 have none).

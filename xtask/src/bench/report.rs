@@ -327,6 +327,49 @@ mod tests {
         assert!(memory_table("h\n1,2\n").is_err());
     }
 
+    /// A `--targets` run measures a few shapes: every target is judged, and
+    /// the plot is drawn from what there is.
+    #[test]
+    fn a_targets_run_is_judged_and_plotted() {
+        let shapes = [
+            ("udp-dummy", 0, 1),
+            ("udp-dummy", 16384, 1),
+            ("udp-dummy", 4096, 4),
+            ("tcp-virtio", 0, 1),
+            ("tcp-virtio", 65536, 1),
+            ("tcp-virtio", 4096, 4),
+            ("tcp-virtio", 4096, 16),
+        ];
+        let modes = [
+            "a_sendmsg",
+            "b_zc_user",
+            "c_zc_fixed1",
+            "d_linked",
+            "e_iov_mixed1",
+            "e_iov_mixed4",
+            "f_iov_copy",
+        ];
+        let mut csv = String::from(
+            "transport,mode,payload,batch,rep,requests,bytes,wall_ns,cpu_ns,zero_copy\n",
+        );
+        for (t, payload, batch) in shapes {
+            for (i, mode) in modes.iter().enumerate() {
+                let bytes = 10 * batch * (24 + payload);
+                let cpu = 1000 + 10 * i;
+                csv.push_str(&format!(
+                    "{t},{mode},{payload},{batch},0,10,{bytes},{cpu},{cpu},yes\n"
+                ));
+            }
+        }
+        let out = std::env::temp_dir().join(format!("sendzc-bench-report-{}", std::process::id()));
+        fs::create_dir_all(&out).unwrap();
+        let summary = report(&out, &[&csv], "h\n").unwrap();
+        let svg = fs::read_to_string(out.join("cpu_per_byte.svg")).unwrap();
+        fs::remove_dir_all(&out).unwrap();
+        assert!(!summary.contains("not measured"), "{summary}");
+        assert!(svg.contains("<svg"), "{svg}");
+    }
+
     #[test]
     fn rejects_bad_rows() {
         assert!(parse_rows("h\n1,2,3\n").is_err());

@@ -1,7 +1,7 @@
 //! sendzc-bench: what per-iovec send buys, measured side by side in one run.
 //! Runs inside the guest (`cargo xtask bench`), on the bench kernel.
 //!
-//! usage: sendzc-bench OUT.csv udp-dummy|tcp=HOST:PORT [--quick]
+//! usage: sendzc-bench OUT.csv udp-dummy|tcp=HOST:PORT [--quick|--targets]
 //!
 //! For every transport, shape (24-byte header + payload, pairs per
 //! request) and mode, sends the same bytes several times and writes one
@@ -333,9 +333,52 @@ fn run(
     })
 }
 
-fn shapes(transport: Transport, quick: bool) -> Vec<(usize, usize)> {
+/// Which shapes a run measures, and how many times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    /// 1, 4 and 16 pairs per request, every payload.
+    Full,
+    /// 1 and 16 pairs per request, every payload.
+    Quick,
+    /// Only the shapes the targets judge (xtask's bench report), and TCP's
+    /// 4 x 4 KiB for its 4-buffer comparison: a change to the series is
+    /// measured in a fraction of a full run.
+    Targets,
+}
+
+impl Scope {
+    /// From the arguments after OUT.csv and the transport.
+    fn parse(flags: &[String]) -> Result<Scope, String> {
+        match flags {
+            [] => Ok(Scope::Full),
+            [flag] if flag == "--quick" => Ok(Scope::Quick),
+            [flag] if flag == "--targets" => Ok(Scope::Targets),
+            _ => Err(format!("unexpected arguments {flags:?}")),
+        }
+    }
+
+    fn repetitions(self) -> usize {
+        match self {
+            Scope::Quick => 3,
+            Scope::Full | Scope::Targets => 5,
+        }
+    }
+}
+
+/// (payload, pairs per request) of a run, in the order they are measured.
+fn shapes(transport: Transport, scope: Scope) -> Vec<(usize, usize)> {
+    if scope == Scope::Targets {
+        return match transport {
+            Transport::UdpDummy => vec![(0, 1), (16384, 1), (4096, 4)],
+            Transport::Tcp => vec![(0, 1), (65536, 1), (4096, 4), (4096, 16)],
+        };
+    }
     let payloads: &[usize] = &[0, 64, 1024, 4096, 16384, 65536, 512 * 1024];
-    let batches: &[usize] = if quick { &[1, 16] } else { &[1, 4, 16] };
+    let batches: &[usize] = if scope == Scope::Quick {
+        &[1, 16]
+    } else {
+        &[1, 4, 16]
+    };
     let mut out = Vec::new();
     for &batch in batches {
         for &payload in payloads {
@@ -355,12 +398,12 @@ fn shapes(transport: Transport, quick: bool) -> Vec<(usize, usize)> {
 
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: sendzc-bench OUT.csv udp-dummy|tcp=HOST:PORT [--quick]";
+    let usage = "usage: sendzc-bench OUT.csv udp-dummy|tcp=HOST:PORT [--quick|--targets]";
     let (Some(out), Some(target)) = (args.first(), args.get(1)) else {
         return Err(usage.into());
     };
-    let quick = args.iter().any(|a| a == "--quick");
-    let reps = if quick { 3 } else { 5 };
+    let scope = Scope::parse(&args[2..]).map_err(|e| format!("{e}; {usage}"))?;
+    let reps = scope.repetitions();
     let (transport, udp, tcp) = if target == "udp-dummy" {
         (
             Transport::UdpDummy,
@@ -406,7 +449,7 @@ fn main() -> Result<(), String> {
         Transport::UdpDummy => "udp-dummy",
         Transport::Tcp => "tcp-virtio",
     };
-    for (payload, batch) in shapes(transport, quick) {
+    for (payload, batch) in shapes(transport, scope) {
         for mode in MODES {
             let req = Request::new(segments(mode, payload, batch), &bufs);
             // Series v2 copies at most IORING_ZC_IOV_COPY_MAX bytes per
@@ -446,7 +489,7 @@ fn main() -> Result<(), String> {
     if let Some(sock) = &udp {
         let memory_csv = std::path::Path::new(out).with_file_name("memory.csv");
         let memory_csv = memory_csv.to_string_lossy();
-        let shapes = shapes(transport, quick);
+        let shapes = shapes(transport, scope);
         memory::measure(&mut ring, &bufs, sock, &shapes, &memory_csv)?;
     }
     std::thread::sleep(Duration::from_millis(10));
