@@ -51,6 +51,7 @@ pub fn build_peers(
         liburing::Flavour::Patched,
         liburing::gate::scope(options, &selection),
         &selection.limits,
+        liburing::TEST_TIMEOUT,
     )?);
     Ok(Peers { suites, selection })
 }

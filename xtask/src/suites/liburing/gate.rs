@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 
 use super::results::{self, Verdict};
-use super::{Flavour, Results, Selection, TEST_TIMEOUT};
+use super::{Flavour, Results, Selection, RERUN_TIMEOUT, TEST_TIMEOUT};
 use crate::guest::{self, GuestPlan, GuestRun};
 use crate::kernel::{self, Kernel};
 use crate::layout::{stable_hash, Layout, Profile};
@@ -92,8 +92,8 @@ pub fn scope<'a>(options: &Options, selection: &'a Selection) -> Option<&'a [Str
 }
 
 /// Boots `kernel` to run liburing's `tests` (all when `None`) from the
-/// `flavour` build, and nothing else; returns the guest run and the tests'
-/// verdicts.
+/// `flavour` build, each for at most `timeout` seconds (or its own longer
+/// limit), and nothing else; returns the guest run and the tests' verdicts.
 #[allow(clippy::too_many_arguments)]
 fn boot_liburing(
     layout: &Layout,
@@ -104,10 +104,11 @@ fn boot_liburing(
     flavour: Flavour,
     tests: Option<&[String]>,
     limits: &[super::selection::Limits],
+    timeout: u32,
 ) -> Result<(GuestRun, Results)> {
     let tree = super::build(layout, flavour)?;
     let out = guest::fresh_out(layout, label)?;
-    let suites = super::stage(&tree, &out, flavour, tests, limits)?;
+    let suites = super::stage(&tree, &out, flavour, tests, limits, timeout)?;
     let run = guest::boot(
         layout,
         options,
@@ -153,6 +154,7 @@ fn on_base(
         Flavour::Released,
         tests,
         &selection.limits,
+        TEST_TIMEOUT,
     )?;
     if results.is_empty() {
         bail!(
@@ -174,9 +176,10 @@ fn on_base(
 }
 
 /// liburing's gate: every test that passes on the base kernel (results
-/// from the cache, or from a run of it now) passes on the patched one. A test that does not gets one more run on the patched
-/// kernel, then, if it fails again, one on the base kernel, where it must
-/// still pass to count against the series. Prints both lists side by side;
+/// from the cache, or from a run of it now) passes on the patched one. A
+/// test that does not gets one more run on the patched kernel, then, if it
+/// fails again, one on the base kernel, where it must still pass to count
+/// against the series. Prints both lists side by side;
 /// returns the tests that fail the gate.
 #[allow(clippy::too_many_arguments)]
 pub fn judge(
@@ -199,7 +202,7 @@ pub fn judge(
             .collect();
         if !flaky.is_empty() {
             eprintln!(
-                "  flaky: failed once, then passed on the patched kernel: {}",
+                "  flaky or slow: failed once, then passed on the patched kernel within {RERUN_TIMEOUT} s: {}",
                 flaky.join(" ")
             );
         }
@@ -243,8 +246,9 @@ pub fn judge(
 
 /// Runs the liburing tests in `tests` once more on the patched kernel, in a
 /// guest of their own: a test that passed on the base kernel and failed on
-/// the patched one gets a second chance before it fails the gate (under
-/// TCG a slow moment can time a test out), and is then reported as flaky.
+/// the patched one gets a second chance, with RERUN_TIMEOUT, before it
+/// fails the gate (under TCG a slow moment can time a test out), and is
+/// then reported as flaky.
 fn again(
     layout: &Layout,
     options: &Options,
@@ -267,6 +271,7 @@ fn again(
         Flavour::Patched,
         Some(tests),
         limits,
+        RERUN_TIMEOUT,
     )?;
     guest::check_kernel_logs(&run.out)?;
     Ok(results)
@@ -274,7 +279,8 @@ fn again(
 
 /// Runs the liburing tests in `tests` once more on the base kernel, as
 /// released: a test that fails the gate twice on the patched kernel is a
-/// regression only if it still passes on the base kernel. Wall-clock tests
+/// regression only if it still passes there, given RERUN_TIMEOUT too.
+/// Wall-clock tests
 /// (min-timeout-wait's 9-12 ms window) pass or fail by chance under TCG.
 fn base_again(
     layout: &Layout,
@@ -299,6 +305,7 @@ fn base_again(
         Flavour::Released,
         Some(tests),
         limits,
+        RERUN_TIMEOUT,
     )?;
     Ok(results)
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use super::{Flavour, TEST_TIMEOUT};
+use super::Flavour;
 use crate::layout::Layout;
 use crate::suites::{Judge, PeerSuite};
 
@@ -91,13 +91,15 @@ fn test_programs(test_dir: &Path) -> Result<Vec<String>> {
 /// there: the tests create files in their working directory) and returns
 /// the peer suites that run its programs with runtests.sh: all of them, or
 /// those named in `only`; one suite for the tests without `limits`, one
-/// for each test with.
+/// for each test with. Each test may run `timeout` seconds, or its own
+/// limit if that is longer.
 pub fn stage(
     tree: &Path,
     run_dir: &Path,
     flavour: Flavour,
     only: Option<&[String]>,
     limits: &[Limits],
+    timeout: u32,
 ) -> Result<Vec<PeerSuite>> {
     let sh = Shell::new()?;
     let dest = run_dir.join(flavour.suite_name());
@@ -140,10 +142,7 @@ pub fn stage(
     if !together.is_empty() {
         suites.push(suite(
             flavour.suite_name(),
-            format!(
-                "env TIMEOUT={TEST_TIMEOUT} ./runtests.sh {}",
-                together.join(" ")
-            ),
+            format!("env TIMEOUT={timeout} ./runtests.sh {}", together.join(" ")),
         ));
     }
     for (n, l) in alone.iter().enumerate() {
@@ -151,7 +150,7 @@ pub fn stage(
             .address_space_mib
             .map(|mib| format!("prlimit --as={} ", mib << 20))
             .unwrap_or_default();
-        let timeout = l.timeout.unwrap_or(TEST_TIMEOUT);
+        let timeout = l.timeout.map_or(timeout, |own| own.max(timeout));
         suites.push(suite(
             format!("{}-{}", flavour.suite_name(), n + 2),
             format!("{rlimit}env TIMEOUT={timeout} ./runtests.sh {}", l.test),
@@ -178,5 +177,71 @@ mod tests {
         );
         assert!(parse_selection("a.t as=1\n").is_err());
         assert!(parse_selection("# nothing\n").is_err());
+    }
+
+    /// The runtests.sh command lines stage() gives a tree of `programs`
+    /// staged with `limits` and `timeout`.
+    fn commands(programs: &[&str], limits: &[Limits], timeout: u32) -> Vec<String> {
+        let scratch = std::env::temp_dir().join(format!(
+            "sendzc-liburing-stage-{}-{timeout}",
+            std::process::id()
+        ));
+        let tests = scratch.join("tree/test");
+        fs::create_dir_all(&tests).unwrap();
+        fs::create_dir_all(scratch.join("run")).unwrap();
+        for p in programs {
+            fs::write(tests.join(p), "").unwrap();
+        }
+        let suites = stage(
+            &scratch.join("tree"),
+            &scratch.join("run"),
+            Flavour::Patched,
+            None,
+            limits,
+            timeout,
+        )
+        .unwrap();
+        fs::remove_dir_all(&scratch).unwrap();
+        suites.into_iter().map(|s| s.command).collect()
+    }
+
+    #[test]
+    fn every_test_gets_the_timeout_or_its_own_longer_one() {
+        let limits = [
+            Limits {
+                test: "long.t".into(),
+                address_space_mib: None,
+                timeout: Some(300),
+            },
+            Limits {
+                test: "short.t".into(),
+                address_space_mib: None,
+                timeout: Some(90),
+            },
+            Limits {
+                test: "capped.t".into(),
+                address_space_mib: Some(48),
+                timeout: None,
+            },
+        ];
+        let programs = ["a.t", "b.t", "capped.t", "long.t", "short.t"];
+        assert_eq!(
+            commands(&programs, &limits, 60),
+            [
+                "env TIMEOUT=60 ./runtests.sh a.t b.t",
+                "env TIMEOUT=300 ./runtests.sh long.t",
+                "env TIMEOUT=90 ./runtests.sh short.t",
+                "prlimit --as=50331648 env TIMEOUT=60 ./runtests.sh capped.t",
+            ]
+        );
+        assert_eq!(
+            commands(&programs, &limits, 240),
+            [
+                "env TIMEOUT=240 ./runtests.sh a.t b.t",
+                "env TIMEOUT=300 ./runtests.sh long.t",
+                "env TIMEOUT=240 ./runtests.sh short.t",
+                "prlimit --as=50331648 env TIMEOUT=240 ./runtests.sh capped.t",
+            ]
+        );
     }
 }
