@@ -221,7 +221,7 @@ fn child_many_in_flight() {
         "many in flight: {REQUESTS} requests of {HEADER} B COPY + {PAYLOAD} B FIXED \
          in flight at once under a {} MiB RLIMIT_MEMLOCK, none failed; \
          {held} B of memory per request in flight (MemFree; on the debug \
-         kernel, with the skb, the notification and KASAN's and kmemleak's \
+         kernel, with the skb, the notification and the debug allocators' \
          own), every datagram as sent, in order",
         DEFAULT_MEMLOCK >> 20
     );

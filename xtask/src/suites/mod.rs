@@ -92,8 +92,18 @@ pub fn judge(
             continue;
         };
         if suite.judge == Judge::Exit {
-            let word = if *exited_ok { "passed" } else { "FAILED" };
+            let first_failure = log(&run.out, &suite.name)
+                .ok()
+                .and_then(|l| first_run_failure(&l));
+            let word = match (exited_ok, &first_failure) {
+                (true, None) => "passed",
+                (true, Some(_)) => "passed on its second run",
+                (false, _) => "FAILED",
+            };
             eprintln!("  peer suite {}: {word}", suite.name);
+            if let Some(why) = first_failure {
+                eprintln!("    its first run failed: {why}");
+            }
             judged
                 .summary
                 .peers
@@ -175,6 +185,19 @@ pub fn results(console: &str) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// What `qemu/rerun-once.sh` prints between a failed first run and the
+/// second.
+const RERUN_MARK: &str = "sendzc-rerun: the first run failed";
+
+/// The first run's last line and status (`... refused (exit 1)`), when a suite's
+/// first run failed and `rerun-once.sh` ran it again.
+fn first_run_failure(log: &str) -> Option<String> {
+    let (before, after) = log.split_once(RERUN_MARK)?;
+    let status = after.split(';').next().unwrap_or_default().trim();
+    let last = before.lines().rev().find(|l| !l.trim().is_empty());
+    Some(format!("{} {status}", last.unwrap_or("no output").trim()))
+}
+
 /// The output of suite `name` in the guest's output directory.
 pub fn log(out: &Path, name: &str) -> Result<String> {
     let path = out.join(format!("peer-{name}.log"));
@@ -184,6 +207,19 @@ pub fn log(out: &Path, name: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_a_failed_first_run() {
+        let log = "ipv4 udp -m 1 -t 1 -n 32\n\
+                   ./io_uring_zerocopy_tx: send failed: Connection refused\n\
+                   sendzc-rerun: the first run failed (exit 1); running it again\n\
+                   ipv4 udp -m 1 -t 1 -n 32\nOK. All tests passed\n";
+        assert_eq!(
+            first_run_failure(log).as_deref(),
+            Some("./io_uring_zerocopy_tx: send failed: Connection refused (exit 1)")
+        );
+        assert_eq!(first_run_failure("ipv4 udp\nOK. All tests passed\n"), None);
+    }
 
     #[test]
     fn reads_peer_results() {

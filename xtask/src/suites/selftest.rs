@@ -1,6 +1,11 @@
 //! The kernel's `tools/testing/selftests/net/io_uring_zerocopy_tx.sh`,
 //! with its two C programs, from the tree under test (so with the
 //! per-iovec mode the series adds to it), judged by its exit status.
+//!
+//! It runs a second time when the first fails: its receiver stops after
+//! two seconds of wall time, and a sender that TCG emulates slowly can
+//! still be sending then (`send failed: Connection refused`). The summary
+//! names the retry and the first run's last words.
 
 use std::fs;
 use std::path::Path;
@@ -37,6 +42,9 @@ pub fn build(layout: &Layout, src: &Path, build: &Path) -> Result<PeerSuite> {
         name: "kernel-selftest-io_uring_zerocopy_tx".to_string(),
         dir,
         judge: Judge::Exit,
-        command: format!("bash ./{script}"),
+        command: format!(
+            "{} bash ./{script}",
+            layout.qemu().join("rerun-once.sh").display()
+        ),
     })
 }
