@@ -2,11 +2,15 @@
 //! unregister, and after closing the ring and socket with it in flight.
 //!
 //! A memfd-backed registered buffer is the witness: `F_SEAL_WRITE` is
-//! refused (-EBUSY) while anything still holds its pages.
+//! refused (-EBUSY) while anything still holds its pages. Socket memory is
+//! checked by the kernel when the socket is destroyed (inet_sock_destruct()
+//! warns on anything still charged, and the run fails on a warning) and by
+//! kmemleak; not here through /proc/net/sockstat, whose TCP "mem" lags the
+//! truth by up to net.core.mem_pcpu_rsv pages per CPU (and is clamped at 0).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sendzc_iov_vm_tests::net::Peer;
 use sendzc_iov_vm_tests::process::drop_cap_ipc_lock;
@@ -47,19 +51,18 @@ fn mixed(memfd_len: usize) -> Vec<Seg> {
     ]
 }
 
-/// TCP memory in pages, from /proc/net/sockstat.
-fn tcp_mem_pages() -> u64 {
-    let text = std::fs::read_to_string("/proc/net/sockstat").unwrap();
-    let line = text.lines().find(|l| l.starts_with("TCP:")).unwrap();
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    let at = fields.iter().position(|f| *f == "mem").unwrap();
-    fields[at + 1].parse().unwrap()
+/// One test at a time, and a failed one does not fail the others: they
+/// read system-wide state, but a poisoned lock says nothing about it.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[test]
 fn pages_are_released_after_the_notification_and_unregister() {
     require_feature();
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = serial();
     const MEMFD: usize = 256 * 1024;
     let mut ring = Ring::new(8).unwrap();
     let (bufs, memfd) = buffers_with_memfd(&ring, MEMFD);
@@ -90,9 +93,8 @@ fn pages_are_released_after_the_notification_and_unregister() {
 #[test]
 fn closing_ring_and_socket_with_a_request_in_flight_releases_everything() {
     require_feature();
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = serial();
     const MEMFD: usize = 512 * 1024;
-    let baseline = tcp_mem_pages();
     let mut ring = Ring::new(8).unwrap();
     let (bufs, memfd) = buffers_with_memfd(&ring, MEMFD);
     let Peer::Tcp(pair) = Peer::new(Transport::Tcp, Family::V4).unwrap() else {
@@ -123,15 +125,6 @@ fn closing_ring_and_socket_with_a_request_in_flight_releases_everything() {
 
     seal_write(&memfd, Duration::from_secs(10))
         .expect("F_SEAL_WRITE: pages still held after ring and socket were closed");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tcp_mem_pages() > baseline && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let now = tcp_mem_pages();
-    assert!(
-        now <= baseline,
-        "TCP memory {now} pages, baseline {baseline}"
-    );
 }
 
 /// Many rounds of mixed requests, each holding 256 KiB of user pages until
@@ -140,7 +133,7 @@ fn closing_ring_and_socket_with_a_request_in_flight_releases_everything() {
 #[test]
 fn memlock_accounting_does_not_creep() {
     require_feature();
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = serial();
     std::thread::spawn(|| {
         drop_cap_ipc_lock().expect("dropping CAP_IPC_LOCK");
         let limit = libc::rlimit {
