@@ -316,7 +316,9 @@ fn run(
                     copied += 1;
                 }
             }
-            let left = pending.get_mut(&id).ok_or_else(|| format!("stray CQE {c:?}"))?;
+            let left = pending
+                .get_mut(&id)
+                .ok_or_else(|| format!("stray CQE {c:?}"))?;
             *left = *left - 1 + usize::from(c.has_more());
             if *left == 0 {
                 pending.remove(&id);
