@@ -13,7 +13,6 @@
 
 mod memory;
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -143,7 +142,8 @@ fn segments(mode: Mode, payload: usize, batch: usize) -> Vec<Seg> {
     segs
 }
 
-/// The SQEs of one request; `id` goes into the upper bits of user_data.
+/// The SQEs of one request; `id` (its in-flight slot) goes into the upper
+/// bits of user_data.
 fn entries(mode: Mode, req: &Request, fd: i32, id: u64) -> Vec<squeue::Entry> {
     let ud = id << 16;
     match mode {
@@ -273,6 +273,33 @@ fn run_writev(req: &Request, fd: i32, count: usize) -> Result<Sample, String> {
     })
 }
 
+/// The requests in flight, by slot: how many CQEs each still expects (0:
+/// free). A slot in user_data, not a hash map of ids: the bench counts the
+/// sender thread's instructions, and hashing every CQE would be counted in
+/// every mode.
+#[derive(Default)]
+struct InFlight {
+    left: [usize; WINDOW],
+}
+
+impl InFlight {
+    /// A free slot for a request of `cqes` CQEs, if fewer than WINDOW are
+    /// in flight.
+    fn take(&mut self, cqes: usize) -> Option<usize> {
+        let slot = self.left.iter().position(|&left| left == 0)?;
+        self.left[slot] = cqes;
+        Some(slot)
+    }
+
+    /// Counts a CQE of `slot` (one more to come if it has F_MORE): true
+    /// when that was the request's last, None for a slot not in flight.
+    fn complete(&mut self, slot: usize, more: bool) -> Option<bool> {
+        let left = self.left.get_mut(slot).filter(|left| **left > 0)?;
+        *left = *left - 1 + usize::from(more);
+        Some(*left == 0)
+    }
+}
+
 /// Sends `count` requests, at most WINDOW in flight; each is done when all
 /// its CQEs (results, and notifications announced by F_MORE) are in.
 fn run(
@@ -288,25 +315,25 @@ fn run(
     let wall0 = clock_ns(libc::CLOCK_MONOTONIC);
     let cpu0 = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
     let per_request = entries(mode, req, fd, 0).len();
-    let mut pending: HashMap<u64, usize> = HashMap::new();
+    let mut in_flight = InFlight::default();
     let (mut submitted, mut done) = (0usize, 0usize);
     let (mut notifs, mut copied) = (0usize, 0usize);
     while done < count {
-        while submitted < count && pending.len() < WINDOW {
-            let id = submitted as u64 + 1;
-            for e in entries(mode, req, fd, id) {
+        while submitted < count {
+            let Some(slot) = in_flight.take(per_request) else {
+                break;
+            };
+            for e in entries(mode, req, fd, slot as u64) {
                 // SAFETY: `req` outlives every request; run() returns only
                 // once all of them are complete.
                 unsafe { ring.push(&e) }.map_err(|e| e.to_string())?;
             }
-            pending.insert(id, per_request);
             submitted += 1;
         }
         let cqes: Vec<Cqe> = ring
             .reap_until(|c| !c.is_empty())
             .map_err(|e| format!("{}: {e}", mode.label()))?;
         for c in cqes {
-            let id = c.user_data >> 16;
             if c.res < 0 && !c.is_notif() {
                 return Err(format!("{}: request failed: {c:?}", mode.label()));
             }
@@ -316,12 +343,11 @@ fn run(
                     copied += 1;
                 }
             }
-            let left = pending
-                .get_mut(&id)
-                .ok_or_else(|| format!("stray CQE {c:?}"))?;
-            *left = *left - 1 + usize::from(c.has_more());
-            if *left == 0 {
-                pending.remove(&id);
+            let slot = (c.user_data >> 16) as usize;
+            if in_flight
+                .complete(slot, c.has_more())
+                .ok_or_else(|| format!("stray CQE {c:?}"))?
+            {
                 done += 1;
             }
         }
@@ -496,4 +522,23 @@ fn main() -> Result<(), String> {
     }
     std::thread::sleep(Duration::from_millis(10));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_slots_count_cqes_and_notifications() {
+        let mut in_flight = InFlight::default();
+        let slots: Vec<usize> = (0..WINDOW).map_while(|_| in_flight.take(1)).collect();
+        assert_eq!(slots, (0..WINDOW).collect::<Vec<_>>());
+        assert_eq!(in_flight.take(1), None, "WINDOW requests are in flight");
+        // A result with F_MORE: its notification is still to come.
+        assert_eq!(in_flight.complete(3, true), Some(false));
+        assert_eq!(in_flight.complete(3, false), Some(true));
+        assert_eq!(in_flight.complete(3, false), None, "slot 3 is free");
+        assert_eq!(in_flight.complete(WINDOW, false), None);
+        assert_eq!(in_flight.take(2), Some(3));
+    }
 }
