@@ -189,8 +189,8 @@ pub fn results(console: &str) -> Vec<(String, bool)> {
 /// second.
 const RERUN_MARK: &str = "sendzc-rerun: the first run failed";
 
-/// The first run's last line and status (`... refused (exit 1)`), when a suite's
-/// first run failed and `rerun-once.sh` ran it again.
+/// The first run's last line and status (`... refused (exit 1)`), when a
+/// suite's first run failed and `rerun-once.sh` ran it again.
 fn first_run_failure(log: &str) -> Option<String> {
     let (before, after) = log.split_once(RERUN_MARK)?;
     let status = after.split(';').next().unwrap_or_default().trim();
