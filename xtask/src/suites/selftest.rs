@@ -41,6 +41,9 @@ pub fn build(layout: &Layout, src: &Path, build: &Path) -> Result<PeerSuite> {
     let script = "io_uring_zerocopy_tx.sh";
     let text = fs::read_to_string(net.join(script))?;
     fs::write(dir.join(script), with_receiver_time(&text)?)?;
+    // Executable like the original: it runs itself ("$0") once per case.
+    let mode = fs::metadata(net.join(script))?.permissions();
+    fs::set_permissions(dir.join(script), mode)?;
     Ok(PeerSuite {
         name: "kernel-selftest-io_uring_zerocopy_tx".to_string(),
         dir,
