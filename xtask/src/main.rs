@@ -5,6 +5,7 @@
 //! host           fmt, clippy, rustdoc and the host unit tests
 //! check-uapi     the Rust bindings against the patched kernel's C header
 //! bench          the benchmark of issue 6 on the bench kernel
+//! bench-profile  guest instructions per kernel function of bench modes
 //! ci             host checks (fmt, clippy, unit tests), check-patches, vm-test
 //! setup          install the host packages and virtme-ng
 //! fresh-check    the two README commands in a clean Debian 12 chroot
@@ -43,6 +44,10 @@ commands:
   check-uapi     build the kernel, compare the Rust bindings with its <linux/io_uring.h>
   bench [--quick|--targets]
                  bench kernel, sendzc-bench in the guest: table, targets, plot
+  bench-profile MODE... [--pairs N] [--payload BYTES] [--count N]
+                 guest instructions per request of each mode, per kernel
+                 function, counted by a QEMU TCG plugin (UDP; 1 pair of
+                 24 B + 0 B, 20000 requests by default)
   kernel         fetch, patch, configure and build the kernel only
   setup          install missing host packages and virtme-ng
   fresh-check    run vm-test and ci in a new Debian 12 chroot, empty cache
@@ -72,7 +77,14 @@ fn run(args: &[String]) -> Result<()> {
     // other phase, so that a fresh machine fails nowhere for the lack of one.
     let needs_host_tools = matches!(
         command.as_str(),
-        "vm-test" | "ci" | "kernel" | "check-patches" | "check-uapi" | "bench" | "setup"
+        "vm-test"
+            | "ci"
+            | "kernel"
+            | "check-patches"
+            | "check-uapi"
+            | "bench"
+            | "bench-profile"
+            | "setup"
     );
     if needs_host_tools {
         if let Err(err) = phases.run("setup", || setup::ensure(&layout)) {
@@ -95,6 +107,7 @@ fn run(args: &[String]) -> Result<()> {
             let scope = scope.unwrap_or(bench::Scope::Full);
             bench::run(&layout, &options::parse(rest)?, &mut phases, scope).map(|()| None)
         }
+        "bench-profile" => bench::profile::run(&layout, rest, &mut phases).map(|()| None),
         "host" => phases
             .run("host checks", || checks::host_checks(&layout))
             .map(Some),

@@ -12,6 +12,7 @@
 //! emulation, not host time.
 
 mod plot;
+pub mod profile;
 mod report;
 mod tap;
 

@@ -2,6 +2,7 @@
 //! Runs inside the guest (`cargo xtask bench`), on the bench kernel.
 //!
 //! usage: sendzc-bench OUT.csv udp-dummy|tcp=HOST:PORT [--quick|--targets]
+//!        sendzc-bench OUT.csv udp-dummy --profile PAIRS PAYLOAD COUNT MODE...
 //!
 //! For every transport, shape (24-byte header + payload, pairs per
 //! request) and mode, sends the same bytes several times and writes one
@@ -9,9 +10,11 @@
 //! bytes, and whether REPORT_USAGE confirmed zero-copy. Under QEMU with
 //! `-icount`, both clocks count guest instructions, not host time. On
 //! udp-dummy it then writes memory.csv beside OUT.csv: what a request of
-//! mode (e) holds while in flight (memory.rs).
+//! mode (e) holds while in flight (memory.rs). `--profile` runs only the
+//! windows `cargo xtask bench-profile` counts (profile.rs).
 
 mod memory;
+mod profile;
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -424,14 +427,27 @@ fn shapes(transport: Transport, scope: Scope) -> Vec<(usize, usize)> {
     out
 }
 
+/// What the command line asks for.
+enum Action {
+    /// Every mode over the shapes of a scope: the CSV of the table.
+    Table(Scope),
+    /// A few modes in one shape, between the plugin's marks.
+    Profile(profile::Plan),
+}
+
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: sendzc-bench OUT.csv udp-dummy|tcp=HOST:PORT [--quick|--targets]";
+    let usage = "usage: sendzc-bench OUT.csv udp-dummy|tcp=HOST:PORT [--quick|--targets]\n   \
+                 or: sendzc-bench OUT.csv udp-dummy --profile PAIRS PAYLOAD COUNT MODE...";
     let (Some(out), Some(target)) = (args.first(), args.get(1)) else {
         return Err(usage.into());
     };
-    let scope = Scope::parse(&args[2..]).map_err(|e| format!("{e}; {usage}"))?;
-    let reps = scope.repetitions();
+    let action = match args.get(2).map(String::as_str) {
+        Some("--profile") => {
+            Action::Profile(profile::Plan::parse(&args[3..]).map_err(|e| format!("{e}; {usage}"))?)
+        }
+        _ => Action::Table(Scope::parse(&args[2..]).map_err(|e| format!("{e}; {usage}"))?),
+    };
     let (transport, udp, tcp) = if target == "udp-dummy" {
         (
             Transport::UdpDummy,
@@ -467,6 +483,11 @@ fn main() -> Result<(), String> {
         .collect::<std::io::Result<_>>()
         .map_err(|e| e.to_string())?;
     let bufs = RegBufs::register_bufs(&ring, bufs).map_err(|e| e.to_string())?;
+    let scope = match action {
+        Action::Profile(plan) => return profile::run_plan(&mut ring, &bufs, fd, &plan, out),
+        Action::Table(scope) => scope,
+    };
+    let reps = scope.repetitions();
     let mut csv = std::fs::File::create(out).map_err(|e| format!("{out}: {e}"))?;
     writeln!(
         csv,
