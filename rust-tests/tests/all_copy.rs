@@ -157,3 +157,32 @@ fn the_copy_cap_holds_here_too(#[case] copied: usize, #[case] errno: i32) {
     assert!(done.notif.is_none(), "{done:?}");
     assert_eq!(peer.receive(copied).unwrap(), req.expected());
 }
+
+/// A field of a COPY attribute that must be zero.
+#[derive(Clone, Copy, Debug)]
+enum Field {
+    Flags,
+    Resv,
+    BufIndex,
+}
+
+/// The kernel picks an all-COPY request out by a look at its attributes
+/// before it reads them; what the look does not accept must still be
+/// rejected by the full read: -EINVAL in one CQE, wherever the bad
+/// attribute is (the look starts from the last).
+#[rstest]
+fn a_bad_copy_attribute_fails_the_request(
+    #[values(0, 1)] at: usize,
+    #[values(Field::Flags, Field::Resv, Field::BufIndex)] field: Field,
+) {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+    let mut req = header_request(&peer, &ring);
+    match field {
+        Field::Flags => req.attrs[at].flags = 1,
+        Field::Resv => req.attrs[at].resv = 1,
+        Field::BufIndex => req.attrs[at].buf_index = 1,
+    }
+    failed_alone(&mut ring, &req, 9, libc::EINVAL, &peer);
+}
