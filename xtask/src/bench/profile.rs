@@ -101,6 +101,14 @@ impl Symbols {
         Symbols { by_addr }
     }
 
+    /// Where function `name` starts.
+    pub fn address(&self, name: &str) -> Option<u64> {
+        self.by_addr
+            .iter()
+            .find(|(_, n)| n == name)
+            .map(|(a, _)| *a)
+    }
+
     /// The function `addr` is in; user space is one bucket.
     pub fn name(&self, addr: u64) -> &str {
         if addr < 0xffff_8000_0000_0000 {
@@ -264,17 +272,6 @@ fn build_plugin(layout: &Layout, out: &Path) -> Result<PathBuf> {
     Ok(lib)
 }
 
-fn mark_address(system_map: &str) -> Result<u64> {
-    system_map
-        .lines()
-        .find_map(|line| {
-            let mut f = line.split_whitespace();
-            let addr = f.next()?;
-            (f.nth(1)? == MARK_SYMBOL).then(|| u64::from_str_radix(addr, 16).ok())?
-        })
-        .with_context(|| format!("{MARK_SYMBOL} is not in System.map"))
-}
-
 /// The plugin's writes, in the order it made them.
 fn read_writes(out: &Path) -> Result<Vec<BTreeMap<u64, u64>>> {
     let mut writes = Vec::new();
@@ -299,7 +296,10 @@ pub fn run(layout: &Layout, args: &[String], phases: &mut Phases) -> Result<()> 
     let plugin = phases.run("plugin build", || build_plugin(layout, &out))?;
     let system_map = fs::read_to_string(kernel.build.join("System.map"))
         .with_context(|| format!("System.map in {}", kernel.build.display()))?;
-    let mark = mark_address(&system_map)?;
+    let symbols = Symbols::parse(&system_map);
+    let mark = symbols
+        .address(MARK_SYMBOL)
+        .with_context(|| format!("{MARK_SYMBOL} is not in System.map"))?;
     let (b, o) = (bin.display(), out.display());
     let exec = format!(
         "{b} {o}/cpu.csv udp-dummy --profile {} {} {} {}; echo $? > {o}/status",
@@ -334,7 +334,6 @@ pub fn run(layout: &Layout, args: &[String], phases: &mut Phases) -> Result<()> 
     let sender = parse_sender_cpu(&fs::read_to_string(out.join("cpu.csv"))?)?;
     let writes = read_writes(&out)?;
     let range = window_writes(writes.len(), request.modes.len())?;
-    let symbols = Symbols::parse(&system_map);
     let costs: Vec<ModeCost> = sender
         .into_iter()
         .zip(range)
@@ -374,6 +373,8 @@ ffffffff81000400 W weak_fn
         assert_eq!(symbols.name(0xffffffff81000350), "io_sendmsg_zc");
         assert_eq!(symbols.name(0xffffffff80000000), "[kernel, no symbol]");
         assert_eq!(symbols.name(0x5555_5555_0000), "[user]");
+        assert_eq!(symbols.address("io_sendmsg_zc"), Some(0xffffffff81000200));
+        assert_eq!(symbols.address("some_data"), None);
     }
 
     #[test]
