@@ -7,7 +7,17 @@
  * The last write is at exit. The counts are cumulative: the instructions
  * of a window are the difference of two writes.
  *
- *   -plugin libtcg-insn-profile.so,snap=HEXADDR,out=PATH
+ *   -plugin libtcg-insn-profile.so,snap=HEXADDR,out=PATH[,vcpu=N][,skip=HEXADDR...]
+ *
+ * With vcpu=N only that vCPU's instructions are counted. Each skip= names
+ * a function whose calls are not counted, with everything they run until
+ * they return: interrupt handlers, softirqs and the socket backlog, which
+ * are not the sender's work but land on its CPU at times no two runs
+ * share. A call is seen as a block that ends in `call rel32` to a skip
+ * function; its return, as the next block that starts at the address
+ * after that call. The return addresses are a stack per vCPU, so nested
+ * skipped calls (a softirq in an interrupt) pair up. What a skipped call
+ * runs is counted apart, per skip function, in the lines "skip ADDR N".
  *
  * Built by xtask with the host's gcc. Written against QEMU 7.2's plugin
  * API, version 1, whose few declarations are repeated below: Debian
@@ -51,6 +61,11 @@ void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb,
 					      void *ptr, uint64_t imm);
 size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
 uint64_t qemu_plugin_tb_vaddr(const struct qemu_plugin_tb *tb);
+struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *tb,
+						 size_t idx);
+const void *qemu_plugin_insn_data(const struct qemu_plugin_insn *insn);
+size_t qemu_plugin_insn_size(const struct qemu_plugin_insn *insn);
+uint64_t qemu_plugin_insn_vaddr(const struct qemu_plugin_insn *insn);
 void qemu_plugin_register_atexit_cb(qemu_plugin_id_t id,
 				    qemu_plugin_udata_cb_t cb, void *userdata);
 
@@ -60,6 +75,26 @@ __attribute__((visibility("default"))) int qemu_plugin_version = 1;
 struct block {
 	uint64_t vaddr;
 	uint64_t insns;
+	uint64_t n_insns;
+	/* where a skipped call made by the block's last insn returns, or 0 */
+	uint64_t skip_return;
+	unsigned int skip;
+};
+
+#define MAX_SKIPS	64
+#define MAX_VCPUS	64
+#define MAX_DEPTH	32
+
+/* a skipped call a vCPU is in: where it returns, which function it calls */
+struct frame {
+	uint64_t ret;
+	unsigned int skip;
+};
+
+struct vcpu_state {
+	struct frame frames[MAX_DEPTH];
+	unsigned int depth;
+	unsigned int lost;
 };
 
 static struct block **blocks;
@@ -67,6 +102,12 @@ static size_t nr_blocks, max_blocks;
 static uint64_t snap_vaddr;
 static const char *out_prefix;
 static unsigned int nr_writes;
+static uint64_t skips[MAX_SKIPS];
+/* instructions run inside calls to each skip function, innermost first */
+static uint64_t skipped[MAX_SKIPS];
+static unsigned int nr_skips;
+static int only_vcpu = -1;
+static struct vcpu_state vcpus[MAX_VCPUS];
 
 static void write_counts(void)
 {
@@ -85,17 +126,89 @@ static void write_counts(void)
 			fprintf(f, "%" PRIx64 " %" PRIu64 "\n",
 				blocks[i]->vaddr, blocks[i]->insns);
 	}
+	for (i = 0; i < nr_skips; i++)
+		fprintf(f, "skip %" PRIx64 " %" PRIu64 "\n", skips[i], skipped[i]);
 	fclose(f);
 }
 
+/*
+ * The mark is a syscall of the sender's, made in no skipped call: a frame
+ * left on its vCPU is stale (a task preempted in an interrupt that
+ * returned on another vCPU).
+ */
 static void on_snap(unsigned int vcpu_index, void *userdata)
 {
+	vcpus[vcpu_index % MAX_VCPUS].depth = 0;
 	write_counts();
 }
 
 static void on_qemu_exit(qemu_plugin_id_t id, void *userdata)
 {
+	unsigned int i;
+
 	write_counts();
+	for (i = 0; i < MAX_VCPUS; i++) {
+		if (vcpus[i].lost)
+			fprintf(stderr,
+				"tcg-insn-profile: vCPU %u: %u skipped calls nested deeper than %d\n",
+				i, vcpus[i].lost, MAX_DEPTH);
+	}
+}
+
+/* The index of the skip function at vaddr, or nr_skips. */
+static unsigned int skip_index(uint64_t vaddr)
+{
+	unsigned int i;
+
+	for (i = 0; i < nr_skips; i++) {
+		if (skips[i] == vaddr)
+			break;
+	}
+	return i;
+}
+
+/* Notes in b where its last insn returns to if it calls a skip function. */
+static void find_skip_call(struct block *b, struct qemu_plugin_tb *tb)
+{
+	struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, b->n_insns - 1);
+	const uint8_t *code = qemu_plugin_insn_data(insn);
+	uint64_t next = qemu_plugin_insn_vaddr(insn) + 5;
+	int32_t rel;
+
+	if (qemu_plugin_insn_size(insn) != 5 || code[0] != 0xe8)
+		return;
+	memcpy(&rel, code + 1, sizeof(rel));
+	b->skip = skip_index(next + rel);
+	if (b->skip < nr_skips)
+		b->skip_return = next;
+}
+
+/*
+ * A block counts unless its vCPU is filtered out or inside a skipped
+ * call; the block a skipped call returns to counts again.
+ */
+static void on_exec(unsigned int vcpu_index, void *userdata)
+{
+	struct block *b = userdata;
+	struct vcpu_state *v = &vcpus[vcpu_index % MAX_VCPUS];
+
+	if (v->depth && v->frames[v->depth - 1].ret == b->vaddr)
+		v->depth--;
+	if (only_vcpu < 0 || vcpu_index == (unsigned int)only_vcpu) {
+		if (v->depth)
+			skipped[v->frames[v->depth - 1].skip] += b->n_insns;
+		else
+			b->insns += b->n_insns;
+	}
+	if (!b->skip_return)
+		return;
+	if (v->depth == MAX_DEPTH) {
+		v->lost++;
+		return;
+	}
+	v->frames[v->depth].ret = b->skip_return;
+	v->frames[v->depth].skip = b->skip;
+	v->depth++;
 }
 
 static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
@@ -112,13 +225,37 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 	}
 	blocks[nr_blocks++] = b;
 	b->vaddr = qemu_plugin_tb_vaddr(tb);
-	qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64,
-						 &b->insns,
-						 qemu_plugin_tb_n_insns(tb));
+	b->n_insns = qemu_plugin_tb_n_insns(tb);
+	if (only_vcpu < 0 && !nr_skips) {
+		/* counting everything: the cheaper inline add does */
+		qemu_plugin_register_vcpu_tb_exec_inline(tb,
+							 QEMU_PLUGIN_INLINE_ADD_U64,
+							 &b->insns, b->n_insns);
+	} else {
+		if (b->n_insns)
+			find_skip_call(b, tb);
+		qemu_plugin_register_vcpu_tb_exec_cb(tb, on_exec,
+						     QEMU_PLUGIN_CB_NO_REGS, b);
+	}
 	if (b->vaddr == snap_vaddr)
 		qemu_plugin_register_vcpu_tb_exec_cb(tb, on_snap,
 						     QEMU_PLUGIN_CB_NO_REGS,
 						     NULL);
+}
+
+static int parse_arg(const char *arg)
+{
+	if (!strncmp(arg, "snap=", 5))
+		snap_vaddr = strtoull(arg + 5, NULL, 16);
+	else if (!strncmp(arg, "out=", 4))
+		out_prefix = strdup(arg + 4);
+	else if (!strncmp(arg, "vcpu=", 5))
+		only_vcpu = atoi(arg + 5);
+	else if (!strncmp(arg, "skip=", 5) && nr_skips < MAX_SKIPS)
+		skips[nr_skips++] = strtoull(arg + 5, NULL, 16);
+	else
+		return -1;
+	return 0;
 }
 
 __attribute__((visibility("default")))
@@ -128,10 +265,11 @@ int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info,
 	int i;
 
 	for (i = 0; i < argc; i++) {
-		if (!strncmp(argv[i], "snap=", 5))
-			snap_vaddr = strtoull(argv[i] + 5, NULL, 16);
-		else if (!strncmp(argv[i], "out=", 4))
-			out_prefix = strdup(argv[i] + 4);
+		if (parse_arg(argv[i])) {
+			fprintf(stderr, "tcg-insn-profile: bad or extra argument %s\n",
+				argv[i]);
+			return -1;
+		}
 	}
 	if (!snap_vaddr || !out_prefix) {
 		fprintf(stderr, "tcg-insn-profile: needs snap=HEXADDR,out=PATH\n");
