@@ -2,7 +2,7 @@
 //! Runs inside the guest (`cargo xtask bench`), on the bench kernel.
 //!
 //! usage: sendzc-bench OUT.csv udp-dummy|tcp=HOST:PORT [--quick|--targets]
-//!        sendzc-bench OUT.csv udp-dummy --profile PAIRS PAYLOAD COUNT MODE...
+//!        sendzc-bench OUT.csv udp-dummy|tcp=HOST:PORT|tcp-loopback --profile PAIRS PAYLOAD COUNT MODE...
 //!
 //! For every transport, shape (24-byte header + payload, pairs per
 //! request) and mode, sends the same bytes several times and writes one
@@ -438,7 +438,7 @@ enum Action {
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: sendzc-bench OUT.csv udp-dummy|tcp=HOST:PORT [--quick|--targets]\n   \
-                 or: sendzc-bench OUT.csv udp-dummy --profile PAIRS PAYLOAD COUNT MODE...";
+                 or: sendzc-bench OUT.csv udp-dummy|tcp=HOST:PORT|tcp-loopback --profile PAIRS PAYLOAD COUNT MODE...";
     let (Some(out), Some(target)) = (args.first(), args.get(1)) else {
         return Err(usage.into());
     };
@@ -458,6 +458,9 @@ fn main() -> Result<(), String> {
         let stream =
             std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        (Transport::Tcp, None, Some(stream))
+    } else if target == "tcp-loopback" && matches!(action, Action::Profile(_)) {
+        let stream = profile::loopback_with_sink()?;
         (Transport::Tcp, None, Some(stream))
     } else {
         return Err(usage.into());
