@@ -11,6 +11,15 @@
 //! sender thread's CPU time over the same window is printed beside them as
 //! a check. perf in the guest samples only at HZ under TCG, which is why
 //! this exists.
+//!
+//! With `--tcp` the requests go over TCP on loopback to a reader on the
+//! other vCPU, with `--tcp-virtio` over virtio-net to the host's sink as
+//! in `cargo xtask bench`. TCP's count is of the send path alone: the
+//! sender's vCPU (it is pinned there), without the calls of
+//! SEND_PATH_SKIPS, which are listed apart. Over virtio-net even that
+//! count moves by several percent from run to run, because the host's
+//! timing decides how many requests share an skb; over loopback every
+//! transmission completes at once and two runs agree within 1%.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -21,6 +30,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
+use super::tap::{TapNet, GUEST_ADDR, HOST_ADDR};
 use super::{build_bench, UNIT_NOTE};
 use crate::guest::{Accel, Boot};
 use crate::kernel;
@@ -30,22 +40,54 @@ use crate::phase::Phases;
 
 /// The syscall whose entry the plugin writes its counts at.
 const MARK_SYMBOL: &str = "__x64_sys_getppid";
+/// Functions whose calls TCP's count leaves out (`*`: a prefix): the
+/// receive side and interrupts, which land on the sender's CPU whenever the
+/// host's ACKs do, and transmission, which the send path starts, but
+/// whose skbs carry one request or several, as the device's completions
+/// allow (autocorking). What they run is listed beside the count.
+const SEND_PATH_SKIPS: &[&str] = &[
+    "common_interrupt",
+    "sysvec_*",
+    "handle_softirqs",
+    "__do_softirq",
+    "__release_sock",
+    "tcp_write_xmit",
+    "tcp_push_one",
+    "tcp_tsq_write*",
+];
+/// The vCPU sendzc-bench --profile pins the sender to.
+const SENDER_VCPU: u32 = 0;
 /// Rows of the table: the functions that differ most (or cost most).
 const ROWS: usize = 40;
+
+/// Where the requests go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP through the dummy device: the whole send in the sender's context.
+    Udp,
+    /// TCP over loopback to a reader on another vCPU; the send path is
+    /// counted.
+    TcpLoopback,
+    /// TCP over virtio-net to the host's sink, as in `cargo xtask bench`;
+    /// the send path is counted.
+    TcpVirtio,
+}
 
 /// What to profile: one shape, one or more modes.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Request {
+    pub transport: Transport,
     pub pairs: usize,
     pub payload: usize,
     pub count: usize,
     pub modes: Vec<String>,
 }
 
-/// `MODE... --pairs N --payload BYTES [--count N]`, then the options the
-/// other kernel commands take.
+/// `MODE... [--tcp] --pairs N --payload BYTES [--count N]`, then the
+/// options the other kernel commands take.
 pub fn parse(args: &[String]) -> Result<(Request, Vec<String>)> {
     let mut request = Request {
+        transport: Transport::Udp,
         pairs: 1,
         payload: 0,
         count: 20000,
@@ -64,6 +106,8 @@ pub fn parse(args: &[String]) -> Result<(Request, Vec<String>)> {
             "--pairs" => request.pairs = number("--pairs")?,
             "--payload" => request.payload = number("--payload")?,
             "--count" => request.count = number("--count")?,
+            "--tcp" => request.transport = Transport::TcpLoopback,
+            "--tcp-virtio" => request.transport = Transport::TcpVirtio,
             flag if flag.starts_with('-') => {
                 rest.push(arg.clone());
                 rest.extend(it.next().cloned());
@@ -109,6 +153,22 @@ impl Symbols {
             .map(|(a, _)| *a)
     }
 
+    /// Where the functions `patterns` name start: a name, or a prefix
+    /// followed by `*`.
+    pub fn addresses(&self, patterns: &[&str]) -> Vec<u64> {
+        let matches = |name: &str| {
+            patterns.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == *p,
+            })
+        };
+        self.by_addr
+            .iter()
+            .filter(|(_, n)| matches(n))
+            .map(|(a, _)| *a)
+            .collect()
+    }
+
     /// The function `addr` is in; user space is one bucket.
     pub fn name(&self, addr: u64) -> &str {
         if addr < 0xffff_8000_0000_0000 {
@@ -122,17 +182,29 @@ impl Symbols {
 }
 
 /// One write of the plugin: cumulative instructions per block address (a
-/// block translated twice appears twice).
-pub fn parse_counts(text: &str) -> Result<BTreeMap<u64, u64>> {
-    let mut counts = BTreeMap::new();
+/// block translated twice appears twice), and per skip function those run
+/// inside its calls, which the blocks' counts leave out.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub blocks: BTreeMap<u64, u64>,
+    pub skipped: BTreeMap<u64, u64>,
+}
+
+/// `ADDR N` and `skip ADDR N` lines, hexadecimal addresses.
+pub fn parse_counts(text: &str) -> Result<Counts> {
+    let mut counts = Counts::default();
     for line in text.lines() {
-        let (addr, n) = line
+        let (map, rest) = match line.strip_prefix("skip ") {
+            Some(rest) => (&mut counts.skipped, rest),
+            None => (&mut counts.blocks, line),
+        };
+        let (addr, n) = rest
             .split_once(' ')
             .with_context(|| format!("bad count line '{line}'"))?;
         let addr =
             u64::from_str_radix(addr, 16).with_context(|| format!("bad address '{addr}'"))?;
         let n: u64 = n.parse().with_context(|| format!("bad count '{n}'"))?;
-        *counts.entry(addr).or_default() += n;
+        *map.entry(addr).or_default() += n;
     }
     Ok(counts)
 }
@@ -173,6 +245,8 @@ pub struct ModeCost {
     /// Sender thread CPU per request (guest instructions), from the bench.
     pub sender_cpu: f64,
     pub per_function: BTreeMap<String, u64>,
+    /// Per skip function, what its calls ran (not in `per_function`).
+    pub left_out: BTreeMap<String, u64>,
 }
 
 impl ModeCost {
@@ -189,15 +263,24 @@ impl ModeCost {
 /// with two or more modes the last minus the first, largest first.
 pub fn table(request: &Request, costs: &[ModeCost]) -> String {
     let mut out = String::new();
+    let (over, counted) = match request.transport {
+        Transport::Udp => ("UDP", "every vCPU, kernel and user"),
+        Transport::TcpLoopback | Transport::TcpVirtio => (
+            if request.transport == Transport::TcpLoopback {
+                "TCP (loopback)"
+            } else {
+                "TCP (virtio-net)"
+            },
+            "the send path: the sender's vCPU, kernel and user, without \
+             interrupt handlers, softirqs and the socket backlog",
+        ),
+    };
     let _ = writeln!(
         out,
-        "# Instructions per request, {} x (24 B + {} B) over UDP, {} requests a mode\n",
+        "# Instructions per request, {} x (24 B + {} B) over {over}, {} requests a mode\n",
         request.pairs, request.payload, request.count
     );
-    let _ = writeln!(
-        out,
-        "All counts: {UNIT_NOTE}; every vCPU, kernel and user.\n"
-    );
+    let _ = writeln!(out, "All counts: {UNIT_NOTE}; {counted}.\n");
     let mut functions: Vec<&str> = costs
         .iter()
         .flat_map(|c| c.per_function.keys().map(String::as_str))
@@ -247,7 +330,57 @@ pub fn table(request: &Request, costs: &[ModeCost]) -> String {
             has_delta.then(|| delta(f)),
         );
     }
+    let mut skips: Vec<&str> = costs
+        .iter()
+        .flat_map(|c| c.left_out.keys().map(String::as_str))
+        .collect();
+    skips.sort();
+    skips.dedup();
+    if !skips.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nLeft out of **all**: calls to these functions, with everything they ran\n"
+        );
+        let _ = writeln!(out, "| called function | {} |", modes.join(" | "));
+        let _ = writeln!(out, "|---{}|", "|---:".repeat(costs.len()));
+        for f in skips {
+            let values = costs
+                .iter()
+                .map(|c| c.left_out.get(f).copied().unwrap_or(0) as f64 / c.requests as f64)
+                .collect();
+            out += &row(f, values, None);
+        }
+    }
+    if has_delta {
+        let ratio = last.total() / first.total();
+        let _ = writeln!(out, "\nAll, {} / {}: {ratio:.3}", last.mode, first.mode);
+        if let Some(verdict) = target(request, &first.mode, &last.mode, ratio) {
+            let _ = writeln!(out, "\n{verdict}");
+        }
+    }
     out
+}
+
+/// The issue's target that `last / first` of this shape judges, if any,
+/// with its verdict: the same bounds as `cargo xtask bench` applies.
+pub fn target(request: &Request, first: &str, last: &str, ratio: f64) -> Option<String> {
+    let (what, met) = match (first, last) {
+        ("a_sendmsg", "f_iov_copy") if request.payload == 0 => {
+            ("header only, all COPY: (f) <= (a) + 3%", ratio <= 1.03)
+        }
+        ("c_zc_fixed1", "e_iov_mixed4") => ("(e) <= (c) + 3%", ratio <= 1.03),
+        ("e_iov_mixed1", "e_iov_mixed4") => (
+            "payloads over 4 buffers within 3% of one buffer",
+            (ratio - 1.0).abs() <= 0.03,
+        ),
+        _ => return None,
+    };
+    Some(format!(
+        "Target, {} x (24 B + {} B): {what}: {} ({ratio:.3})",
+        request.pairs,
+        request.payload,
+        if met { "met" } else { "MISSED" }
+    ))
 }
 
 /// `mode,requests,cpu_ns` lines from sendzc-bench --profile.
@@ -273,7 +406,7 @@ fn build_plugin(layout: &Layout, out: &Path) -> Result<PathBuf> {
 }
 
 /// The plugin's writes, in the order it made them.
-fn read_writes(out: &Path) -> Result<Vec<BTreeMap<u64, u64>>> {
+fn read_writes(out: &Path) -> Result<Vec<Counts>> {
     let mut writes = Vec::new();
     while let Ok(text) = fs::read_to_string(out.join(format!("counts.{}", writes.len()))) {
         writes.push(parse_counts(&text)?);
@@ -300,14 +433,48 @@ pub fn run(layout: &Layout, args: &[String], phases: &mut Phases) -> Result<()> 
     let mark = symbols
         .address(MARK_SYMBOL)
         .with_context(|| format!("{MARK_SYMBOL} is not in System.map"))?;
+    let mut plugin_args = format!(
+        "{},snap={mark:x},out={}/counts",
+        plugin.display(),
+        out.display()
+    );
+    let (net, target) = match request.transport {
+        Transport::Udp => (None, "udp-dummy".to_string()),
+        Transport::TcpLoopback => (None, "tcp-loopback".to_string()),
+        Transport::TcpVirtio => {
+            let net = TapNet::create()?;
+            let port = net.start_sink()?;
+            (Some(net), format!("tcp={HOST_ADDR}:{port}"))
+        }
+    };
+    if request.transport != Transport::Udp {
+        let _ = write!(plugin_args, ",vcpu={SENDER_VCPU}");
+        for addr in symbols.addresses(SEND_PATH_SKIPS) {
+            let _ = write!(plugin_args, ",skip={addr:x}");
+        }
+    }
     let (b, o) = (bin.display(), out.display());
-    let exec = format!(
-        "{b} {o}/cpu.csv udp-dummy --profile {} {} {} {}; echo $? > {o}/status",
+    let profile = format!(
+        "{b} {o}/cpu.csv {target} --profile {} {} {} {}",
         request.pairs,
         request.payload,
         request.count,
         request.modes.join(" ")
     );
+    // As in `cargo xtask bench`: the virtio-net on the tap is the guest's
+    // only interface with a device behind it.
+    let exec = match &net {
+        None => format!("{profile}; echo $? > {o}/status"),
+        Some(_) => format!(
+            "nic=$(basename $(dirname /sys/class/net/*/device)) && \
+             ip addr add {GUEST_ADDR}/24 dev $nic && ip link set $nic up && \
+             {profile}; echo $? > {o}/status"
+        ),
+    };
+    let qemu_opts = match &net {
+        None => format!("-icount shift=0 -plugin {plugin_args}"),
+        Some(net) => format!("-icount shift=0 -plugin {plugin_args} {}", net.qemu_opts()),
+    };
     let outcome = phases.run("profile run", || {
         Boot {
             kernel: &kernel.bzimage,
@@ -316,11 +483,8 @@ pub fn run(layout: &Layout, args: &[String], phases: &mut Phases) -> Result<()> 
             out_dir: &out,
             console_log: out.join("console.log"),
             timeout: options.timeout.unwrap_or(Duration::from_secs(1800)),
-            vng_args: vec![format!(
-                "--qemu-opts=-icount shift=0 -plugin {},snap={mark:x},out={o}/counts",
-                plugin.display()
-            )],
-            netns: None,
+            vng_args: vec![format!("--qemu-opts={qemu_opts}")],
+            netns: net.as_ref().map(|n| n.netns.clone()),
         }
         .run(layout)
     })?;
@@ -341,7 +505,8 @@ pub fn run(layout: &Layout, args: &[String], phases: &mut Phases) -> Result<()> 
             mode,
             requests,
             sender_cpu: cpu_ns as f64 / requests as f64,
-            per_function: window(&writes[i], &writes[i + 1], &symbols),
+            per_function: window(&writes[i].blocks, &writes[i + 1].blocks, &symbols),
+            left_out: window(&writes[i].skipped, &writes[i + 1].skipped, &symbols),
         })
         .collect();
     let table = table(&request, &costs);
@@ -375,6 +540,10 @@ ffffffff81000400 W weak_fn
         assert_eq!(symbols.name(0x5555_5555_0000), "[user]");
         assert_eq!(symbols.address("io_sendmsg_zc"), Some(0xffffffff81000200));
         assert_eq!(symbols.address("some_data"), None);
+        assert_eq!(
+            symbols.addresses(&["weak_fn", "io_send_*", "some_data"]),
+            [0xffffffff81000100, 0xffffffff81000400]
+        );
     }
 
     #[test]
@@ -386,11 +555,20 @@ ffffffff81000400 W weak_fn
             "ffffffff81000100 30\nffffffff81000180 5\nffffffff81000180 7\nffffffff81000210 4\n400000 9\n",
         )
         .unwrap();
-        let w = window(&before, &after, &symbols);
+        let w = window(&before.blocks, &after.blocks, &symbols);
         assert_eq!(w.get("io_send_zc_prep"), Some(&27));
         assert_eq!(w.get("io_sendmsg_zc"), Some(&4));
         assert_eq!(w.get("[user]"), Some(&9));
         assert_eq!(w.len(), 3);
+    }
+
+    #[test]
+    fn skipped_counts_are_kept_apart() {
+        let counts = parse_counts("ffffffff81000100 10\nskip ffffffff81000200 7\n").unwrap();
+        assert_eq!(counts.blocks.get(&0xffffffff81000100), Some(&10));
+        assert_eq!(counts.blocks.len(), 1);
+        assert_eq!(counts.skipped.get(&0xffffffff81000200), Some(&7));
+        assert!(parse_counts("skip 12\n").is_err());
     }
 
     #[test]
@@ -414,8 +592,10 @@ ffffffff81000400 W weak_fn
             requests: 10,
             sender_cpu: 0.0,
             per_function: f.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
+            left_out: BTreeMap::new(),
         };
         let request = Request {
+            transport: Transport::Udp,
             pairs: 1,
             payload: 0,
             count: 10,
@@ -431,6 +611,61 @@ ffffffff81000400 W weak_fn
         assert_eq!(rows[3], "| new | 0.0 | 20.0 | +20.0 |");
         assert_eq!(rows[4], "| gone | 5.0 | 0.0 | -5.0 |");
         assert_eq!(rows[5], "| big_same | 100.0 | 100.0 | +0.0 |");
+    }
+
+    #[test]
+    fn targets_are_judged_for_their_modes_only() {
+        let request = |payload| Request {
+            transport: Transport::TcpLoopback,
+            pairs: 1,
+            payload,
+            count: 10,
+            modes: Vec::new(),
+        };
+        let verdict = |payload, first, last, ratio| target(&request(payload), first, last, ratio);
+        assert!(verdict(0, "a_sendmsg", "f_iov_copy", 1.03)
+            .unwrap()
+            .contains(": met (1.030)"));
+        assert!(verdict(0, "a_sendmsg", "f_iov_copy", 1.031)
+            .unwrap()
+            .contains("MISSED"));
+        // Header only is judged without a payload alone.
+        assert_eq!(verdict(16384, "a_sendmsg", "f_iov_copy", 1.0), None);
+        assert!(verdict(65536, "c_zc_fixed1", "e_iov_mixed4", 1.13)
+            .unwrap()
+            .contains("MISSED"));
+        assert!(verdict(4096, "e_iov_mixed1", "e_iov_mixed4", 0.975)
+            .unwrap()
+            .contains("met"));
+        assert!(verdict(4096, "e_iov_mixed1", "e_iov_mixed4", 1.031)
+            .unwrap()
+            .contains("MISSED"));
+        assert_eq!(verdict(4096, "e_iov_mixed4", "e_iov_mixed1", 1.0), None);
+    }
+
+    #[test]
+    fn the_left_out_calls_have_a_table_of_their_own() {
+        let cost = |mode: &str, skipped: u64| ModeCost {
+            mode: mode.into(),
+            requests: 10,
+            sender_cpu: 0.0,
+            per_function: [("tcp_sendmsg_locked".to_string(), 100)].into(),
+            left_out: [("tcp_write_xmit".to_string(), skipped)].into(),
+        };
+        let request = Request {
+            transport: Transport::TcpLoopback,
+            pairs: 1,
+            payload: 0,
+            count: 10,
+            modes: Vec::new(),
+        };
+        let t = table(&request, &[cost("a_sendmsg", 30), cost("f_iov_copy", 50)]);
+        assert!(t.contains("over TCP (loopback)"));
+        let (counted, left_out) = t.split_once("Left out").unwrap();
+        assert!(counted.contains("| **all** | 10.0 | 10.0 | +0.0 |"));
+        assert!(!counted.contains("tcp_write_xmit"));
+        assert!(left_out.contains("| tcp_write_xmit | 3.0 | 5.0 |"));
+        assert!(t.contains("header only, all COPY: (f) <= (a) + 3%: met (1.000)"));
     }
 
     #[test]
@@ -456,6 +691,11 @@ ffffffff81000400 W weak_fn
             (1, 16384, 5)
         );
         assert_eq!(rest, ["--kernel-src", "/k"]);
+        assert_eq!(request.transport, Transport::Udp);
+        let (tcp, _) = parse(&["--tcp".into(), "a_sendmsg".into()]).unwrap();
+        assert_eq!(tcp.transport, Transport::TcpLoopback);
+        let (virtio, _) = parse(&["--tcp-virtio".into(), "a_sendmsg".into()]).unwrap();
+        assert_eq!(virtio.transport, Transport::TcpVirtio);
         assert!(parse(&["--pairs".into(), "2".into()]).is_err());
     }
 }
