@@ -2,24 +2,25 @@
 //! mode go, per kernel function, counted exactly rather than sampled.
 //!
 //! The bench kernel boots under TCG with `-icount shift=0` and the plugin
-//! qemu/tcg-insn-profile.c, which counts every translation block's
-//! instructions and writes all counts each time the guest enters
+//! qemu/tcg-insn-profile.c, which counts the instructions of every
+//! translation block and writes all counts each time the guest enters
 //! getppid(2). sendzc-bench `--profile` runs each mode's requests between
-//! two such marks, over UDP through the dummy device (deterministic: the
-//! whole send runs in the sender's context). A window's counts, mapped to
-//! functions with the build's System.map, are what the mode costs; the
-//! sender thread's CPU time over the same window is printed beside them as
-//! a check. perf in the guest samples only at HZ under TCG, which is why
+//! two such marks, pinned to vCPU 0. A window's counts, mapped to functions
+//! with the build's System.map, are what the mode costs; the sender
+//! thread's CPU time over the same window is printed beside them as a
+//! check. perf in the guest samples only at HZ under TCG, which is why
 //! this exists.
 //!
-//! With `--tcp` the requests go over TCP on loopback to a reader on the
-//! other vCPU, with `--tcp-virtio` over virtio-net to the host's sink as
-//! in `cargo xtask bench`. TCP's count is of the send path alone: the
-//! sender's vCPU (it is pinned there), without the calls of
-//! SEND_PATH_SKIPS, which are listed apart. Over virtio-net even that
-//! count moves by several percent from run to run, because the host's
-//! timing decides how many requests share an skb; over loopback every
-//! transmission completes at once and two runs agree within 1%.
+//! What is counted is the send path: vCPU 0's instructions outside the
+//! calls of SEND_PATH_SKIPS, whose instructions are listed apart. By
+//! default the requests go over UDP through the dummy device, where the
+//! whole send runs in the sender's context. With `--tcp` they go over TCP
+//! on loopback to a reader on the other vCPU, with `--tcp-virtio` over
+//! virtio-net to the host's sink as in `cargo xtask bench`. Over
+//! virtio-net even the send path moves by several percent from run to
+//! run, because the host's timing decides how many requests share an skb;
+//! over loopback every transmission completes at once and two runs agree
+//! within 1%.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -40,11 +41,12 @@ use crate::phase::Phases;
 
 /// The syscall whose entry the plugin writes its counts at.
 const MARK_SYMBOL: &str = "__x64_sys_getppid";
-/// Functions whose calls TCP's count leaves out (`*`: a prefix): the
-/// receive side and interrupts, which land on the sender's CPU whenever the
-/// host's ACKs do, and transmission, which the send path starts, but
+/// Functions whose calls the count leaves out (`*`: a prefix): interrupts
+/// and the receive side, which land on the sender's CPU whenever packets
+/// and timers do, and TCP's transmission, which the send path starts, but
 /// whose skbs carry one request or several, as the device's completions
-/// allow (autocorking). What they run is listed beside the count.
+/// allow (autocorking). What they run is listed beside the count. The
+/// bench's sender CPU time leaves out interrupts and softirqs too.
 const SEND_PATH_SKIPS: &[&str] = &[
     "common_interrupt",
     "sysvec_*",
@@ -141,7 +143,11 @@ impl Symbols {
                 matches!(kind, "t" | "T" | "w" | "W").then(|| (addr, name.to_string()))
             })
             .collect();
-        by_addr.sort();
+        // Where several names share an address, the first in System.map
+        // names it: the function before section marks such as
+        // __softirqentry_text_start, which sort after it.
+        by_addr.sort_by_key(|(addr, _)| *addr);
+        by_addr.dedup_by_key(|(addr, _)| *addr);
         Symbols { by_addr }
     }
 
@@ -263,18 +269,14 @@ impl ModeCost {
 /// with two or more modes the last minus the first, largest first.
 pub fn table(request: &Request, costs: &[ModeCost]) -> String {
     let mut out = String::new();
-    let (over, counted) = match request.transport {
-        Transport::Udp => ("UDP", "every vCPU, kernel and user"),
-        Transport::TcpLoopback | Transport::TcpVirtio => (
-            if request.transport == Transport::TcpLoopback {
-                "TCP (loopback)"
-            } else {
-                "TCP (virtio-net)"
-            },
-            "the send path: the sender's vCPU, kernel and user, without \
-             interrupt handlers, softirqs and the socket backlog",
-        ),
+    let over = match request.transport {
+        Transport::Udp => "UDP",
+        Transport::TcpLoopback => "TCP (loopback)",
+        Transport::TcpVirtio => "TCP (virtio-net)",
     };
+    let counted = "the send path: the sender's vCPU, kernel and user, without \
+                   interrupt handlers, softirqs, the socket backlog and TCP's \
+                   transmission (listed apart)";
     let _ = writeln!(
         out,
         "# Instructions per request, {} x (24 B + {} B) over {over}, {} requests a mode\n",
@@ -447,11 +449,9 @@ pub fn run(layout: &Layout, args: &[String], phases: &mut Phases) -> Result<()> 
             (Some(net), format!("tcp={HOST_ADDR}:{port}"))
         }
     };
-    if request.transport != Transport::Udp {
-        let _ = write!(plugin_args, ",vcpu={SENDER_VCPU}");
-        for addr in symbols.addresses(SEND_PATH_SKIPS) {
-            let _ = write!(plugin_args, ",skip={addr:x}");
-        }
+    let _ = write!(plugin_args, ",vcpu={SENDER_VCPU}");
+    for addr in symbols.addresses(SEND_PATH_SKIPS) {
+        let _ = write!(plugin_args, ",skip={addr:x}");
     }
     let (b, o) = (bin.display(), out.display());
     let profile = format!(
@@ -526,13 +526,16 @@ ffffffff81000100 t io_send_zc_prep
 ffffffff81000200 T io_sendmsg_zc
 ffffffff81000300 D some_data
 ffffffff81000400 W weak_fn
+ffffffff81000500 T __do_softirq
+ffffffff81000500 T __softirqentry_text_start
 ";
 
     #[test]
     fn symbols_name_the_function_an_address_is_in() {
         let symbols = Symbols::parse(MAP);
         assert_eq!(symbols.name(0xffffffff81000100), "io_send_zc_prep");
-        assert_eq!(symbols.name(0xffffffff812001ff), "weak_fn");
+        assert_eq!(symbols.name(0xffffffff810004ff), "weak_fn");
+        assert_eq!(symbols.name(0xffffffff81000510), "__do_softirq");
         assert_eq!(symbols.name(0xffffffff810002ff), "io_sendmsg_zc");
         // Data symbols do not end a function.
         assert_eq!(symbols.name(0xffffffff81000350), "io_sendmsg_zc");
