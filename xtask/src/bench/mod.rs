@@ -27,7 +27,7 @@ use crate::kernel;
 use crate::layout::{Layout, Profile};
 use crate::options::Options;
 use crate::phase::Phases;
-use tap::{TapNet, GUEST_ADDR, HOST_ADDR};
+use tap::{TapNet, HOST_ADDR};
 
 /// What every number is: said next to each of them.
 const UNIT_NOTE: &str =
@@ -90,13 +90,10 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases, scope: Scope
     fs::create_dir_all(&out)?;
     let flag = scope.flag();
     let (b, o) = (bin.display(), out.display());
-    // The virtio-net on the tap is the guest's only interface with a
-    // device behind it (lo and the built-in dummy0 have none).
     let exec = format!(
-        "nic=$(basename $(dirname /sys/class/net/*/device)) && \
-         ip addr add {GUEST_ADDR}/24 dev $nic && ip link set $nic up && \
-         {b} {o}/udp.csv udp-dummy{flag} && {b} {o}/tcp.csv tcp={HOST_ADDR}:{port}{flag}; \
-         echo $? > {o}/status"
+        "{} && {b} {o}/udp.csv udp-dummy{flag} && {b} {o}/tcp.csv tcp={HOST_ADDR}:{port}{flag}; \
+         echo $? > {o}/status",
+        TapNet::guest_setup()
     );
     let outcome = phases.run("bench run", || {
         Boot {

@@ -31,7 +31,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use super::tap::{TapNet, GUEST_ADDR, HOST_ADDR};
+use super::tap::{TapNet, HOST_ADDR};
 use super::{build_bench, UNIT_NOTE};
 use crate::guest::{Accel, Boot};
 use crate::kernel;
@@ -143,11 +143,8 @@ impl Symbols {
                 matches!(kind, "t" | "T" | "w" | "W").then(|| (addr, name.to_string()))
             })
             .collect();
-        // Where several names share an address, the first in System.map
-        // names it: the function before section marks such as
-        // __softirqentry_text_start, which sort after it.
+        // Stable: names that share an address stay in System.map's order.
         by_addr.sort_by_key(|(addr, _)| *addr);
-        by_addr.dedup_by_key(|(addr, _)| *addr);
         Symbols { by_addr }
     }
 
@@ -180,9 +177,16 @@ impl Symbols {
         if addr < 0xffff_8000_0000_0000 {
             return "[user]";
         }
+        // Where several names share an address, the first in System.map
+        // names it: the function before section marks such as
+        // __softirqentry_text_start, which sort after it.
         match self.by_addr.partition_point(|(a, _)| *a <= addr) {
             0 => "[kernel, no symbol]",
-            i => &self.by_addr[i - 1].1,
+            i => {
+                let start = self.by_addr[i - 1].0;
+                let first = self.by_addr.partition_point(|(a, _)| *a < start);
+                &self.by_addr[first].1
+            }
         }
     }
 }
@@ -461,20 +465,12 @@ pub fn run(layout: &Layout, args: &[String], phases: &mut Phases) -> Result<()> 
         request.count,
         request.modes.join(" ")
     );
-    // As in `cargo xtask bench`: the virtio-net on the tap is the guest's
-    // only interface with a device behind it.
-    let exec = match &net {
-        None => format!("{profile}; echo $? > {o}/status"),
-        Some(_) => format!(
-            "nic=$(basename $(dirname /sys/class/net/*/device)) && \
-             ip addr add {GUEST_ADDR}/24 dev $nic && ip link set $nic up && \
-             {profile}; echo $? > {o}/status"
-        ),
-    };
-    let qemu_opts = match &net {
-        None => format!("-icount shift=0 -plugin {plugin_args}"),
-        Some(net) => format!("-icount shift=0 -plugin {plugin_args} {}", net.qemu_opts()),
-    };
+    let mut exec = format!("{profile}; echo $? > {o}/status");
+    let mut qemu_opts = format!("-icount shift=0 -plugin {plugin_args}");
+    if let Some(net) = &net {
+        exec = format!("{} && {exec}", TapNet::guest_setup());
+        qemu_opts = format!("{qemu_opts} {}", net.qemu_opts());
+    }
     let outcome = phases.run("profile run", || {
         Boot {
             kernel: &kernel.bzimage,
@@ -536,6 +532,11 @@ ffffffff81000500 T __softirqentry_text_start
         assert_eq!(symbols.name(0xffffffff81000100), "io_send_zc_prep");
         assert_eq!(symbols.name(0xffffffff810004ff), "weak_fn");
         assert_eq!(symbols.name(0xffffffff81000510), "__do_softirq");
+        // Every name stays findable, the second at an address too.
+        assert_eq!(
+            symbols.address("__softirqentry_text_start"),
+            Some(0xffffffff81000500)
+        );
         assert_eq!(symbols.name(0xffffffff810002ff), "io_sendmsg_zc");
         // Data symbols do not end a function.
         assert_eq!(symbols.name(0xffffffff81000350), "io_sendmsg_zc");

@@ -17,7 +17,7 @@ pub struct TapNet {
 
 const TAP: &str = "sztap0";
 pub const HOST_ADDR: &str = "198.18.1.1";
-pub const GUEST_ADDR: &str = "198.18.1.2";
+const GUEST_ADDR: &str = "198.18.1.2";
 
 impl TapNet {
     pub fn create() -> Result<TapNet> {
@@ -43,6 +43,16 @@ impl TapNet {
         format!(
             "-netdev tap,id=bench0,ifname={TAP},script=no,downscript=no,vnet_hdr=on \
              -device virtio-net-pci,netdev=bench0"
+        )
+    }
+
+    /// The guest's shell commands that bring its end up: the virtio-net on
+    /// the tap is the guest's only interface with a device behind it (lo
+    /// and the built-in dummy0 have none).
+    pub fn guest_setup() -> String {
+        format!(
+            "nic=$(basename $(dirname /sys/class/net/*/device)) && \
+             ip addr add {GUEST_ADDR}/24 dev $nic && ip link set $nic up"
         )
     }
 
