@@ -103,7 +103,7 @@ static uint64_t snap_vaddr;
 static const char *out_prefix;
 static unsigned int nr_writes;
 static uint64_t skips[MAX_SKIPS];
-/* instructions run inside calls to each skip function, innermost first */
+/* per skip function, the instructions run in its calls (the innermost) */
 static uint64_t skipped[MAX_SKIPS];
 static unsigned int nr_skips;
 static int only_vcpu = -1;
