@@ -379,6 +379,18 @@ pub fn target(request: &Request, first: &str, last: &str, ratio: f64) -> Option<
             "payloads over 4 buffers within 3% of one buffer",
             (ratio - 1.0).abs() <= 0.03,
         ),
+        // A sender bound by its CPU sends requests in inverse proportion
+        // to their cost: (d) costing 3x (e) is (e) sending 3x the msgs/s.
+        ("d_linked", "e_iov_mixed4") if request.pairs > 1 => {
+            return Some(format!(
+                "Target, {} x (24 B + {} B): (e) >= 3x the msgs/s of (d), as (d) / (e) \
+                 instructions a request: {} ({:.2})",
+                request.pairs,
+                request.payload,
+                if ratio * 3.0 <= 1.0 { "met" } else { "MISSED" },
+                1.0 / ratio
+            ));
+        }
         _ => return None,
     };
     Some(format!(
@@ -645,6 +657,17 @@ ffffffff81000500 T __softirqentry_text_start
             .unwrap()
             .contains("MISSED"));
         assert_eq!(verdict(4096, "e_iov_mixed4", "e_iov_mixed1", 1.0), None);
+        // (e) sending 3x the messages of (d) is (e) costing a third of (d).
+        let pairs = |pairs, ratio| {
+            let request = Request {
+                pairs,
+                ..request(4096)
+            };
+            target(&request, "d_linked", "e_iov_mixed4", ratio)
+        };
+        assert!(pairs(16, 0.25).unwrap().contains(": met (4.00)"));
+        assert!(pairs(16, 0.34).unwrap().contains(": MISSED (2.94)"));
+        assert_eq!(pairs(1, 0.25), None);
     }
 
     #[test]
