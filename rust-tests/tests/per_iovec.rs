@@ -205,6 +205,7 @@ enum Bad {
     IndexOnCopy,
     AttrPointer,
     NullAttrPointer,
+    KernelAttrPointer,
     UnregisteredIndex,
     OutsideBuffer,
     WithFixedBufFlag,
@@ -226,6 +227,8 @@ fn break_request(bad: &Bad, req: &mut Request, bufs: &RegBufs, sqe: &mut SendSqe
         Bad::IndexOnCopy => req.attrs[0].buf_index = 1,
         Bad::AttrPointer => sqe.zc_iov_attr = 0x10,
         Bad::NullAttrPointer => sqe.zc_iov_attr = 0,
+        // Refused by access_ok() before any read, not by a fault.
+        Bad::KernelAttrPointer => sqe.zc_iov_attr = 0xffff_8880_0000_0000,
         Bad::UnregisteredIndex => req.attrs[1] = io_uring_zc_iov_attr::fixed(99),
         Bad::OutsideBuffer => {
             let end = bufs.bufs[0].as_slice().as_ptr_range().end;
@@ -254,6 +257,7 @@ fn break_request(bad: &Bad, req: &mut Request, bufs: &RegBufs, sqe: &mut SendSqe
 #[case::index_on_copy(Bad::IndexOnCopy, Op::SendMsgZc, libc::EINVAL, Notif::None)]
 #[case::attr_pointer(Bad::AttrPointer, Op::SendMsgZc, libc::EFAULT, Notif::None)]
 #[case::null_attr_pointer(Bad::NullAttrPointer, Op::SendZcVectored, libc::EFAULT, Notif::None)]
+#[case::kernel_attr_pointer(Bad::KernelAttrPointer, Op::SendMsgZc, libc::EFAULT, Notif::None)]
 #[case::unregistered_index(Bad::UnregisteredIndex, Op::SendMsgZc, libc::EFAULT, Notif::One)]
 #[case::outside_buffer(Bad::OutsideBuffer, Op::SendZcVectored, libc::EFAULT, Notif::One)]
 #[case::with_fixed_buf_flag(Bad::WithFixedBufFlag, Op::SendMsgZc, libc::EINVAL, Notif::None)]
