@@ -51,6 +51,16 @@ const REQUIREMENTS: &[(Probe, &str, &str)] = &[
         "vng",
     ),
     (
+        Probe::Command("qemu-x86_64"),
+        "qemu-user",
+        "the profiling plugin's tests, on a program of known counts",
+    ),
+    (
+        Probe::Command("nm"),
+        "binutils",
+        "the profiling plugin's tests: the program's symbols",
+    ),
+    (
         Probe::Command("busybox"),
         "busybox-static",
         "vng's guest init",
@@ -105,7 +115,7 @@ const REQUIREMENTS: &[(Probe, &str, &str)] = &[
     ),
 ];
 
-fn on_path(command: &str) -> bool {
+pub(crate) fn on_path(command: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
 }

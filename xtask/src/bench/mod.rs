@@ -12,6 +12,7 @@
 //! emulation, not host time.
 
 mod plot;
+mod plugin;
 pub mod profile;
 mod report;
 mod tap;

@@ -25,12 +25,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use xshell::{cmd, Shell};
 
+use super::plugin;
 use super::tap::{TapNet, HOST_ADDR};
 use super::{build_bench, UNIT_NOTE};
 use crate::guest::{Accel, Boot};
@@ -189,34 +188,6 @@ impl Symbols {
             }
         }
     }
-}
-
-/// One write of the plugin: cumulative instructions per block address (a
-/// block translated twice appears twice), and per skip function those run
-/// inside its calls, which the blocks' counts leave out.
-#[derive(Debug, Default)]
-pub struct Counts {
-    pub blocks: BTreeMap<u64, u64>,
-    pub skipped: BTreeMap<u64, u64>,
-}
-
-/// `ADDR N` and `skip ADDR N` lines, hexadecimal addresses.
-pub fn parse_counts(text: &str) -> Result<Counts> {
-    let mut counts = Counts::default();
-    for line in text.lines() {
-        let (map, rest) = match line.strip_prefix("skip ") {
-            Some(rest) => (&mut counts.skipped, rest),
-            None => (&mut counts.blocks, line),
-        };
-        let (addr, n) = rest
-            .split_once(' ')
-            .with_context(|| format!("bad count line '{line}'"))?;
-        let addr =
-            u64::from_str_radix(addr, 16).with_context(|| format!("bad address '{addr}'"))?;
-        let n: u64 = n.parse().with_context(|| format!("bad count '{n}'"))?;
-        *map.entry(addr).or_default() += n;
-    }
-    Ok(counts)
 }
 
 /// Instructions per function between two writes.
@@ -414,23 +385,6 @@ fn parse_sender_cpu(csv: &str) -> Result<Vec<(String, u64, u64)>> {
         .collect()
 }
 
-fn build_plugin(layout: &Layout, out: &Path) -> Result<PathBuf> {
-    let sh = Shell::new()?;
-    let src = layout.qemu().join("tcg-insn-profile.c");
-    let lib = out.join("libtcg-insn-profile.so");
-    cmd!(sh, "gcc -O2 -Wall -Werror -shared -fPIC -o {lib} {src}").run()?;
-    Ok(lib)
-}
-
-/// The plugin's writes, in the order it made them.
-fn read_writes(out: &Path) -> Result<Vec<Counts>> {
-    let mut writes = Vec::new();
-    while let Ok(text) = fs::read_to_string(out.join(format!("counts.{}", writes.len()))) {
-        writes.push(parse_counts(&text)?);
-    }
-    Ok(writes)
-}
-
 pub fn run(layout: &Layout, args: &[String], phases: &mut Phases) -> Result<()> {
     let (request, rest) = parse(args)?;
     let options = crate::options::parse(&rest)?;
@@ -443,7 +397,7 @@ pub fn run(layout: &Layout, args: &[String], phases: &mut Phases) -> Result<()> 
     let out = layout.root.join("target/bench/profile");
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out)?;
-    let plugin = phases.run("plugin build", || build_plugin(layout, &out))?;
+    let plugin = phases.run("plugin build", || plugin::build(layout, &out))?;
     let system_map = fs::read_to_string(kernel.build.join("System.map"))
         .with_context(|| format!("System.map in {}", kernel.build.display()))?;
     let symbols = Symbols::parse(&system_map);
@@ -503,7 +457,7 @@ pub fn run(layout: &Layout, args: &[String], phases: &mut Phases) -> Result<()> 
         );
     }
     let sender = parse_sender_cpu(&fs::read_to_string(out.join("cpu.csv"))?)?;
-    let writes = read_writes(&out)?;
+    let writes = plugin::read_writes(&out.join("counts"))?;
     let range = window_writes(writes.len(), request.modes.len())?;
     let costs: Vec<ModeCost> = sender
         .into_iter()
@@ -525,6 +479,7 @@ pub fn run(layout: &Layout, args: &[String], phases: &mut Phases) -> Result<()> 
 
 #[cfg(test)]
 mod tests {
+    use super::plugin::parse_counts;
     use super::*;
 
     const MAP: &str = "\
@@ -575,21 +530,6 @@ ffffffff81000500 T __softirqentry_text_start
         assert_eq!(w.get("io_sendmsg_zc"), Some(&4));
         assert_eq!(w.get("[user]"), Some(&9));
         assert_eq!(w.len(), 3);
-    }
-
-    #[test]
-    fn skipped_counts_are_kept_apart() {
-        let counts = parse_counts("ffffffff81000100 10\nskip ffffffff81000200 7\n").unwrap();
-        assert_eq!(counts.blocks.get(&0xffffffff81000100), Some(&10));
-        assert_eq!(counts.blocks.len(), 1);
-        assert_eq!(counts.skipped.get(&0xffffffff81000200), Some(&7));
-        assert!(parse_counts("skip 12\n").is_err());
-    }
-
-    #[test]
-    fn bad_count_lines_are_errors() {
-        assert!(parse_counts("ffff 12\nnot-a-line\n").is_err());
-        assert!(parse_counts("xyz 12\n").is_err());
     }
 
     #[test]
@@ -692,16 +632,6 @@ ffffffff81000500 T __softirqentry_text_start
         assert!(!counted.contains("tcp_write_xmit"));
         assert!(left_out.contains("| tcp_write_xmit | 3.0 | 5.0 |"));
         assert!(t.contains("header only, all COPY: (f) <= (a) + 3%: met (1.000)"));
-    }
-
-    #[test]
-    fn the_plugin_builds_without_warnings() {
-        let layout = Layout::detect().unwrap();
-        let out = std::env::temp_dir().join(format!("tcg-insn-profile-{}", std::process::id()));
-        fs::create_dir_all(&out).unwrap();
-        let lib = build_plugin(&layout, &out).unwrap();
-        assert!(lib.is_file());
-        fs::remove_dir_all(&out).unwrap();
     }
 
     #[test]
