@@ -41,6 +41,26 @@ impl From<types::Fixed> for Socket {
     }
 }
 
+/// The copy mask and buffer index that say what `attrs` say, if they can:
+/// at most 64 iovecs, none USER, and every FIXED one in the same buffer
+/// (buffer 0 if there is none). Such a request is cheaper to send as a
+/// mask ([`SendMsgZc::copy_mask`]): the kernel reads no attribute array.
+pub fn copy_mask_of(attrs: &[sys::io_uring_zc_iov_attr]) -> Option<(u16, u64)> {
+    if attrs.len() > 64 {
+        return None;
+    }
+    let mut buf = None;
+    let mut mask = 0u64;
+    for (i, attr) in attrs.iter().enumerate() {
+        match attr.mode {
+            sys::IORING_ZC_IOV_COPY => mask |= 1 << i,
+            sys::IORING_ZC_IOV_FIXED if *buf.get_or_insert(attr.buf_index) == attr.buf_index => {}
+            _ => return None,
+        }
+    }
+    Some((buf.unwrap_or(0), mask))
+}
+
 /// The fields both builders share.
 #[derive(Debug, Clone, Copy, Default)]
 struct Common {
@@ -48,6 +68,7 @@ struct Common {
     msg_flags: u32,
     buf_index: Option<u16>,
     iov_attrs: Option<*const sys::io_uring_zc_iov_attr>,
+    copy_mask: Option<u64>,
     notif_user_data: u64,
     personality: u16,
 }
@@ -70,6 +91,9 @@ impl Common {
         }
         if let Some(attrs) = self.iov_attrs {
             sqe = sqe.iov_attrs(attrs);
+        }
+        if let Some(mask) = self.copy_mask {
+            sqe = sqe.copy_mask(self.buf_index.unwrap_or(0), mask);
         }
         sqe.addr3 = self.notif_user_data;
         sqe.personality = self.personality;
@@ -105,6 +129,20 @@ macro_rules! common_setters {
             /// (`IORING_SEND_ZC_IOV_ATTR`).
             pub fn iov_attrs(mut self, attrs: *const sys::io_uring_zc_iov_attr) -> Self {
                 self.common.iov_attrs = Some(attrs);
+                self.common.copy_mask = None;
+                self
+            }
+
+            /// Copy the iovecs whose bit is set in `mask` and zero-copy
+            /// the others from the registered buffer of
+            /// [`buf_index`](Self::buf_index) (0 if not set): the
+            /// attributes of a request whose zero-copied iovecs share one
+            /// buffer, in the SQE (`sqe->zc_copy_mask`, with
+            /// `IORING_SEND_ZC_IOV_ATTR | IORING_RECVSEND_FIXED_BUF`). At
+            /// most 64 iovecs; replaces [`iov_attrs`](Self::iov_attrs).
+            pub fn copy_mask(mut self, mask: u64) -> Self {
+                self.common.copy_mask = Some(mask);
+                self.common.iov_attrs = None;
                 self
             }
 
@@ -231,7 +269,9 @@ pub struct SendSqe {
     pub pad3: u16,
     /// user_data of the notification CQE (0: the request's).
     pub addr3: u64,
-    /// With [`sys::IORING_SEND_ZC_IOV_ATTR`]: the attribute array.
+    /// With [`sys::IORING_SEND_ZC_IOV_ATTR`]: the attribute array; with
+    /// [`sys::IORING_RECVSEND_FIXED_BUF`] too, the copy mask
+    /// (`zc_copy_mask` in the C header).
     pub zc_iov_attr: u64,
 }
 
@@ -268,6 +308,18 @@ impl SendSqe {
     pub fn iov_attrs(mut self, attrs: *const sys::io_uring_zc_iov_attr) -> SendSqe {
         self.ioprio |= sys::IORING_SEND_ZC_IOV_ATTR;
         self.zc_iov_attr = attrs as u64;
+        self
+    }
+
+    /// A copy mask instead of attributes: iovec `i` is copied if bit `i`
+    /// of `mask` is set, and zero-copied from registered buffer
+    /// `buf_index` if not (`IORING_SEND_ZC_IOV_ATTR` with
+    /// `IORING_RECVSEND_FIXED_BUF`, where `sqe->zc_copy_mask` shares the
+    /// attribute pointer's field). At most 64 iovecs.
+    pub fn copy_mask(mut self, buf_index: u16, mask: u64) -> SendSqe {
+        self.ioprio |= sys::IORING_SEND_ZC_IOV_ATTR | sys::IORING_RECVSEND_FIXED_BUF;
+        self.buf_index = buf_index;
+        self.zc_iov_attr = mask;
         self
     }
 
@@ -347,6 +399,49 @@ mod tests {
         );
         assert_eq!((raw.fd, raw.len), (2, 4));
         assert_eq!(raw.zc_iov_attr, attrs.as_ptr() as u64);
+    }
+
+    #[test]
+    fn copy_mask_takes_the_attribute_field_and_the_buffer() {
+        let attrs = [sys::io_uring_zc_iov_attr::copy()];
+        let masked = SendMsgZc::new(types::Fd(5), std::ptr::null())
+            .iov_attrs(attrs.as_ptr())
+            .buf_index(2)
+            .copy_mask(0b101)
+            .build();
+        // SAFETY: both are 64-byte images of struct io_uring_sqe.
+        let raw: SendSqe = unsafe { std::mem::transmute(masked) };
+        assert_eq!(
+            raw.ioprio,
+            sys::IORING_SEND_ZC_IOV_ATTR | sys::IORING_RECVSEND_FIXED_BUF
+        );
+        assert_eq!((raw.buf_index, raw.zc_iov_attr), (2, 0b101));
+        // the last of the two wins
+        let attributed = SendZc::vectored(types::Fd(5), std::ptr::null(), 3)
+            .copy_mask(0b1)
+            .iov_attrs(attrs.as_ptr())
+            .build();
+        // SAFETY: as above.
+        let raw: SendSqe = unsafe { std::mem::transmute(attributed) };
+        assert_eq!(
+            raw.ioprio,
+            sys::IORING_SEND_VECTORIZED | sys::IORING_SEND_ZC_IOV_ATTR
+        );
+        assert_eq!((raw.buf_index, raw.zc_iov_attr), (0, attrs.as_ptr() as u64));
+    }
+
+    #[test]
+    fn copy_mask_of_attributes() {
+        use sys::io_uring_zc_iov_attr as A;
+        assert_eq!(copy_mask_of(&[]), Some((0, 0)));
+        assert_eq!(
+            copy_mask_of(&[A::copy(), A::fixed(3), A::copy(), A::fixed(3)]),
+            Some((3, 0b0101))
+        );
+        assert_eq!(copy_mask_of(&[A::copy(); 64]), Some((0, u64::MAX)));
+        assert_eq!(copy_mask_of(&[A::copy(); 65]), None);
+        assert_eq!(copy_mask_of(&[A::fixed(1), A::fixed(2)]), None);
+        assert_eq!(copy_mask_of(&[A::copy(), A::user()]), None);
     }
 
     #[test]

@@ -181,8 +181,10 @@ impl Attempt {
         let op = SendMsgZc::new(socket, msg)
             .msg_flags(flags)
             .notif_user_data(notif);
-        let op = match path {
-            RequestPath::FixedBuf { .. } => op.buf_index(buf_index),
+        let op = match (path, sqe::copy_mask_of(&self.attrs)) {
+            (RequestPath::FixedBuf { .. }, _) => op.buf_index(buf_index),
+            // One buffer: the same request, without an array to read.
+            (_, Some((index, mask))) => op.buf_index(index).copy_mask(mask),
             _ => op.iov_attrs(self.attrs.as_ptr()),
         };
         op.build().user_data(result)

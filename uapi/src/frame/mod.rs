@@ -53,7 +53,10 @@
 //! shows before it is submitted and every event carries:
 //!
 //! - [`Path::PerIovec`] (the series in `kernel-patches/`): headers copied,
-//!   each payload zero-copied from its own place.
+//!   each payload zero-copied from its own place. When the payloads are
+//!   all leases of one registered buffer (and the request has at most 64
+//!   pieces), the request says so with a copy mask in the SQE instead of
+//!   an attribute array, which the kernel then need not read.
 //! - [`Path::FixedBuf`] (Linux 6.15+ without it): a request whose payloads
 //!   are all leases of one buffer goes out as SENDMSG_ZC with
 //!   `IORING_RECVSEND_FIXED_BUF`, its headers staged in the same buffer
