@@ -292,9 +292,27 @@ impl Request {
         self.expected.is_empty()
     }
 
+    /// The request as a copy mask and the one buffer of its FIXED
+    /// iovecs, if it can be one (see [`sendzc_iov::sqe::copy_mask_of`]).
+    pub fn copy_mask(&self) -> Option<(u16, u64)> {
+        sendzc_iov::sqe::copy_mask_of(&self.attrs)
+    }
+
+    /// The SQE for `op` with a copy mask instead of the attribute array,
+    /// if [`Request::copy_mask`] can express the request.
+    pub fn sqe_masked(&self, op: Op, fd: i32) -> Option<SendSqe> {
+        let (buf, mask) = self.copy_mask()?;
+        Some(self.sqe_plain(op, fd).copy_mask(buf, mask))
+    }
+
     /// The SQE for `op`, with the attribute array, on socket `fd`.
     pub fn sqe(&self, op: Op, fd: i32) -> SendSqe {
-        let sqe = match op {
+        self.sqe_plain(op, fd).iov_attrs(self.attrs.as_ptr())
+    }
+
+    /// The SQE for `op` without attributes.
+    fn sqe_plain(&self, op: Op, fd: i32) -> SendSqe {
+        match op {
             Op::SendMsgZc => SendSqe::sendmsg_zc(fd, &*self.msg),
             Op::SendZcVectored => {
                 let sqe = SendSqe::send_zc_vectored(fd, self.iov.as_ptr(), self.iov.len() as u32);
@@ -303,7 +321,6 @@ impl Request {
                     None => sqe,
                 }
             }
-        };
-        sqe.iov_attrs(self.attrs.as_ptr())
+        }
     }
 }

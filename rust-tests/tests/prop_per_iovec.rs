@@ -234,6 +234,9 @@ struct Case {
     setup: Setup,
     issue: Issue,
     segs: Vec<Seg>,
+    /// Sent as a copy mask (IORING_RECVSEND_FIXED_BUF) rather than an
+    /// attribute array.
+    masked: bool,
 }
 
 fn case(
@@ -248,6 +251,46 @@ fn case(
             setup,
             issue,
             segs,
+            masked: false,
+        },
+    )
+}
+
+/// The iovecs of a request a copy mask can express: COPY ones and FIXED
+/// ones, empty ones included, all in one buffer; `max` bytes each, at
+/// most `max_iovs` (64 at most).
+fn one_buffer_segments(max: usize, max_iovs: usize) -> impl Strategy<Value = Vec<Seg>> {
+    (0..BUF_SIZES.len()).prop_flat_map(move |buf| {
+        let seg = prop_oneof![
+            length(max).prop_map(|len| Seg::Copy(pattern(len, len as u8))),
+            (length(max), any::<prop::sample::Index>()).prop_map(move |(len, at)| {
+                let len = len.min(BUF_SIZES[buf]);
+                let off = at.index(BUF_SIZES[buf] - len + 1);
+                Seg::Fixed {
+                    buf: buf as u16,
+                    off,
+                    len,
+                }
+            }),
+        ];
+        prop::collection::vec(seg, 1..=max_iovs)
+    })
+}
+
+/// A case of properties 1-3 sent as a copy mask.
+fn mask_case(
+    transports: BoxedStrategy<Transport>,
+    segs: impl Strategy<Value = Vec<Seg>>,
+) -> impl Strategy<Value = Case> {
+    (transports, family(), op(), setup(), issue(), segs).prop_map(
+        |(transport, family, op, setup, issue, segs)| Case {
+            transport,
+            family,
+            op,
+            setup,
+            issue,
+            segs,
+            masked: true,
         },
     )
 }
@@ -261,6 +304,7 @@ fn check_request(fx: &mut Fixture, case: Case, overwrite: bool) -> Result<(), Te
         setup,
         issue,
         segs,
+        masked,
     } = case;
     let dest = fx.peer(transport, family).dest();
     let mut req = Request::new(segs, fx.ring(setup).1);
@@ -269,7 +313,12 @@ fn check_request(fx: &mut Fixture, case: Case, overwrite: bool) -> Result<(), Te
     }
     let expected = req.expected().to_vec();
     let fd = fx.peer(transport, family).fd();
-    let mut sqe = req.sqe(op, fd);
+    let mut sqe = if masked {
+        req.sqe_masked(op, fd)
+            .ok_or_else(|| TestCaseError::fail("no copy mask for these iovecs"))?
+    } else {
+        req.sqe(op, fd)
+    };
     sqe.msg_flags |= libc::MSG_WAITALL as u32;
     match issue {
         Issue::Inline => {}
@@ -388,6 +437,45 @@ fn copy_memory_is_reusable_at_the_result() {
         &[Transport::Tcp, Transport::UdpConnected],
         strategy,
         300,
+        true,
+    );
+}
+
+#[test]
+fn tcp_copy_masks_arrive_whole_and_in_order() {
+    let strategy = mask_case(tcp(), one_buffer_segments(512 * 1024, 64))
+        .prop_filter("COPY cap", |c| within_copy_cap(&c.segs));
+    check_property(
+        "tcp_copy_masks_arrive_whole_and_in_order",
+        &[Transport::Tcp],
+        strategy,
+        200,
+        false,
+    );
+}
+
+#[test]
+fn udp_copy_masks_are_one_datagram_each() {
+    // Up to 24 iovecs: more bvecs than an skb has frags, now and then.
+    let strategy = mask_case(udp(), one_buffer_segments(2000, 24));
+    check_property(
+        "udp_copy_masks_are_one_datagram_each",
+        &[Transport::UdpConnected, Transport::UdpTo],
+        strategy,
+        400,
+        false,
+    );
+}
+
+#[test]
+fn copy_mask_memory_is_reusable_at_the_result() {
+    let transports = prop_oneof![Just(Transport::Tcp), Just(Transport::UdpConnected)].boxed();
+    let strategy = mask_case(transports, one_buffer_segments(2000, 6));
+    check_property(
+        "copy_mask_memory_is_reusable_at_the_result",
+        &[Transport::Tcp, Transport::UdpConnected],
+        strategy,
+        150,
         true,
     );
 }

@@ -9,6 +9,7 @@
 use std::os::fd::AsRawFd;
 
 use rstest::rstest;
+use sendzc_iov::sqe::SendSqe;
 use sendzc_iov::sys::{IORING_NOTIF_USAGE_ZC_COPIED, IORING_SEND_ZC_REPORT_USAGE};
 use sendzc_iov_vm_tests::net::{udp_through_dummy, Peer};
 use sendzc_iov_vm_tests::{
@@ -40,11 +41,16 @@ fn set_udp_segment(fd: i32, gso: usize) {
 /// `pairs` pairs of a COPY header and a FIXED payload from alternating
 /// buffers, each payload within a page: one frag.
 fn train(pairs: usize, bufs: &RegBufs) -> Request {
+    train_over(pairs, 2, bufs)
+}
+
+/// [`train`] with its payloads over `nr_bufs` buffers.
+fn train_over(pairs: usize, nr_bufs: usize, bufs: &RegBufs) -> Request {
     let mut segs = Vec::new();
     for i in 0..pairs {
         segs.push(Seg::Copy(pattern(HEADER, i as u8)));
         segs.push(Seg::Fixed {
-            buf: (i % 2) as u16,
+            buf: (i % nr_bufs) as u16,
             off: 4096 * i % (40 * 1024) + 100,
             len: PAYLOAD,
         });
@@ -53,7 +59,11 @@ fn train(pairs: usize, bufs: &RegBufs) -> Request {
 }
 
 fn send(ring: &mut Ring, req: &Request, op: Op, fd: i32, report: bool) -> ZcCompletion {
-    let mut sqe = req.sqe(op, fd);
+    send_sqe(ring, req.sqe(op, fd), report)
+}
+
+/// Sends `sqe`, whose request outlives the call.
+fn send_sqe(ring: &mut Ring, mut sqe: SendSqe, report: bool) -> ZcCompletion {
     if report {
         sqe.ioprio |= IORING_SEND_ZC_REPORT_USAGE;
     }
@@ -92,6 +102,36 @@ fn a_udp_segment_train_goes_out_whole(
     assert!(!udp.pending().unwrap(), "{pairs} pairs: more datagrams");
 }
 
+/// The same trains with their payloads in one buffer, sent as a copy mask
+/// (at most 64 iovecs: 32 pairs).
+#[rstest]
+fn a_copy_mask_train_goes_out_whole(
+    #[values(8, 16, 32)] pairs: usize,
+    #[values(Family::V4, Family::V6)] family: Family,
+    #[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op,
+) {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let peer = Peer::new(Transport::UdpConnected, family).unwrap();
+    let Peer::Udp(udp) = &peer else {
+        unreachable!()
+    };
+    set_udp_segment(udp.tx.as_raw_fd(), GSO);
+    let req = train_over(pairs, 1, &bufs);
+    let sqe = req.sqe_masked(op, udp.tx.as_raw_fd()).expect("one buffer");
+    let done = send_sqe(&mut ring, sqe, false);
+    assert_eq!(done.result.res, req.len() as i32, "{pairs} pairs: {done:?}");
+    assert!(done.notif.is_some(), "{done:?}");
+    for (i, segment) in req.expected().chunks(GSO).enumerate() {
+        assert!(
+            udp.receive().unwrap() == segment,
+            "{pairs} pairs: datagram {i} differs"
+        );
+    }
+    assert!(!udp.pending().unwrap(), "{pairs} pairs: more datagrams");
+}
+
 /// Through a dummy device nothing else copies: a train that fits its frags
 /// is zero-copy, one that does not is reported copied.
 #[rstest]
@@ -106,11 +146,22 @@ fn report_usage_says_whether_the_train_was_copied(#[case] pairs: usize, #[case] 
         set_udp_segment(tx.as_raw_fd(), GSO);
         let mut ring = Ring::new(8).unwrap();
         let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-        let req = train(pairs, &bufs);
-        let done = send(&mut ring, &req, Op::SendMsgZc, tx.as_raw_fd(), true);
-        assert_eq!(done.result.res, req.len() as i32, "{done:?}");
-        let notif = done.notif.expect("a mixed request has a notification");
-        assert_eq!(notif.res as u32, usage, "{pairs} pairs: {notif:?}");
+        for masked in [false, true] {
+            let req = train_over(pairs, if masked { 1 } else { 2 }, &bufs);
+            let sqe = match masked {
+                // 40 pairs are more iovecs than a mask has bits
+                true if pairs <= 32 => req.sqe_masked(Op::SendMsgZc, tx.as_raw_fd()).unwrap(),
+                true => continue,
+                false => req.sqe(Op::SendMsgZc, tx.as_raw_fd()),
+            };
+            let done = send_sqe(&mut ring, sqe, true);
+            assert_eq!(done.result.res, req.len() as i32, "{done:?}");
+            let notif = done.notif.expect("a mixed request has a notification");
+            assert_eq!(
+                notif.res as u32, usage,
+                "{pairs} pairs, masked {masked}: {notif:?}"
+            );
+        }
     })
     .join()
     .unwrap();
