@@ -348,7 +348,15 @@ pub fn target(request: &Request, first: &str, last: &str, ratio: f64) -> Option<
             ratio <= 1.03,
             ratio,
         ),
+        ("a_sendmsg", "i_iov_mask") if request.payload == 0 => (
+            "header only, all COPY, as a copy mask: (i) <= (a) + 3%",
+            ratio <= 1.03,
+            ratio,
+        ),
         ("c_zc_fixed1", "e_iov_mixed4") => ("(e) <= (c) + 3%", ratio <= 1.03, ratio),
+        ("c_zc_fixed1", "i_iov_mask") => {
+            ("(e) as a copy mask: (i) <= (c) + 3%", ratio <= 1.03, ratio)
+        }
         ("e_iov_mixed1", "e_iov_mixed4") => (
             "payloads over 4 buffers within 3% of one buffer",
             (ratio - 1.0).abs() <= 0.03,

@@ -62,9 +62,11 @@ enum Mode {
     IovHeaderPool,
     /// (h) writev(2) on the socket, outside io_uring.
     Writev,
+    /// (i) (e') as a copy mask in the SQE: no attribute array.
+    IovMasked,
 }
 
-const MODES: [Mode; 10] = [
+const MODES: [Mode; 11] = [
     Mode::SendMsg,
     Mode::ZcUser,
     Mode::ZcFixedOne,
@@ -75,6 +77,7 @@ const MODES: [Mode; 10] = [
     Mode::IovAllFixed,
     Mode::IovHeaderPool,
     Mode::Writev,
+    Mode::IovMasked,
 ];
 
 impl Mode {
@@ -90,6 +93,7 @@ impl Mode {
             Mode::IovAllFixed => "f_iov_fixed1",
             Mode::IovHeaderPool => "g_iov_hdr_pool",
             Mode::Writev => "h_writev",
+            Mode::IovMasked => "i_iov_mask",
         }
     }
 
@@ -147,7 +151,16 @@ fn segments(mode: Mode, payload: usize, batch: usize) -> Vec<Seg> {
 
 /// The SQEs of one request; `id` (its in-flight slot) goes into the upper
 /// bits of user_data.
-fn entries(mode: Mode, req: &Request, fd: i32, id: u64) -> Vec<squeue::Entry> {
+/// `mask`: the request's copy mask and buffer, computed once per run as an
+/// application that knows where its headers are would not compute it at
+/// all (mode (i) only).
+fn entries(
+    mode: Mode,
+    req: &Request,
+    mask: Option<(u16, u64)>,
+    fd: i32,
+    id: u64,
+) -> Vec<squeue::Entry> {
     let ud = id << 16;
     match mode {
         // Not a ring request: see writev_all().
@@ -200,6 +213,13 @@ fn entries(mode: Mode, req: &Request, fd: i32, id: u64) -> Vec<squeue::Entry> {
                     }
                 })
                 .collect()
+        }
+        Mode::IovMasked => {
+            let (buf, mask) = mask.expect("one buffer, no USER iovec");
+            let mut sqe = SendSqe::sendmsg_zc(fd, req.msghdr()).copy_mask(buf, mask);
+            sqe.ioprio |= sys::IORING_SEND_ZC_REPORT_USAGE;
+            sqe.msg_flags = libc::MSG_WAITALL as u32;
+            vec![sqe.user_data(ud).into_entry()]
         }
         _ => {
             let mut sqe = req.sqe(sendzc_iov_vm_tests::Op::SendMsgZc, fd);
@@ -317,7 +337,8 @@ fn run(
     }
     let wall0 = clock_ns(libc::CLOCK_MONOTONIC);
     let cpu0 = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
-    let per_request = entries(mode, req, fd, 0).len();
+    let mask = req.copy_mask();
+    let per_request = entries(mode, req, mask, fd, 0).len();
     let mut in_flight = InFlight::default();
     let (mut submitted, mut done) = (0usize, 0usize);
     let (mut notifs, mut copied) = (0usize, 0usize);
@@ -326,7 +347,7 @@ fn run(
             let Some(slot) = in_flight.take(per_request) else {
                 break;
             };
-            for e in entries(mode, req, fd, slot as u64) {
+            for e in entries(mode, req, mask, fd, slot as u64) {
                 // SAFETY: `req` outlives every request; run() returns only
                 // once all of them are complete.
                 unsafe { ring.push(&e) }.map_err(|e| e.to_string())?;
