@@ -243,15 +243,24 @@ fn case(
     transports: BoxedStrategy<Transport>,
     segs: BoxedStrategy<Vec<Seg>>,
 ) -> impl Strategy<Value = Case> {
+    case_sent(transports, segs, false)
+}
+
+/// A case of properties 1-3, sent as a copy mask if `masked`.
+fn case_sent(
+    transports: BoxedStrategy<Transport>,
+    segs: impl Strategy<Value = Vec<Seg>>,
+    masked: bool,
+) -> impl Strategy<Value = Case> {
     (transports, family(), op(), setup(), issue(), segs).prop_map(
-        |(transport, family, op, setup, issue, segs)| Case {
+        move |(transport, family, op, setup, issue, segs)| Case {
             transport,
             family,
             op,
             setup,
             issue,
             segs,
-            masked: false,
+            masked,
         },
     )
 }
@@ -282,17 +291,7 @@ fn mask_case(
     transports: BoxedStrategy<Transport>,
     segs: impl Strategy<Value = Vec<Seg>>,
 ) -> impl Strategy<Value = Case> {
-    (transports, family(), op(), setup(), issue(), segs).prop_map(
-        |(transport, family, op, setup, issue, segs)| Case {
-            transport,
-            family,
-            op,
-            setup,
-            issue,
-            segs,
-            masked: true,
-        },
-    )
+    case_sent(transports, segs, true)
 }
 
 /// Sends one generated request; checks properties 1, 2 and (if `overwrite`) 3.
