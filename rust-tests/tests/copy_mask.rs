@@ -122,6 +122,24 @@ fn an_unregistered_buffer_is_efault_at_issue() {
     assert!(!peer.pending().unwrap());
 }
 
+/// A FIXED iovec that runs past the end of its buffer fails the request
+/// at issue, with its notification, as with FIXED_BUF.
+#[rstest]
+fn a_range_past_its_buffer_is_efault(#[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op) {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let peer = Peer::new(Transport::UdpConnected, Family::V4).unwrap();
+    let end = BUF_SIZES[1];
+    let mut req = Request::new(vec![hdr(6), fixed(1, end - 10, 10)], &bufs);
+    req.iov[1].iov_len = 20;
+    req.sync_msg();
+    let done = send(&mut ring, &req, op, &peer, (1, 0b01));
+    assert_eq!(done.result.res, -libc::EFAULT, "{done:?}");
+    assert!(done.notif.is_some(), "{done:?}");
+    assert!(!peer.pending().unwrap());
+}
+
 /// Zero-length iovecs are skipped, a FIXED one whatever its address.
 #[rstest]
 fn empty_iovecs_are_skipped(

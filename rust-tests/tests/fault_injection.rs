@@ -124,6 +124,10 @@ enum Shape {
     /// Five COPY headers and FIXED payloads: more attributes than the
     /// kernel reads onto its stack (UIO_FASTIOV), so it allocates them.
     ManyPairs,
+    /// Ten COPY headers and FIXED payloads of one buffer as a copy mask:
+    /// more bvecs than the iovec array holds, and over UDP more than an
+    /// skb's frags, so the datagram is copied to fit.
+    MaskedPairs,
 }
 
 impl Shape {
@@ -159,7 +163,20 @@ impl Shape {
                     .collect(),
                 Op::SendMsgZc,
             ),
+            Shape::MaskedPairs => (
+                (0..10u8)
+                    .flat_map(|i| {
+                        let off = usize::from(i) * 3000;
+                        [Seg::Copy(pattern(24, 20 + i)), fixed(0, off, 1000)]
+                    })
+                    .collect(),
+                Op::SendMsgZc,
+            ),
         }
+    }
+
+    fn masked(self) -> bool {
+        matches!(self, Shape::MaskedPairs)
     }
 }
 
@@ -233,7 +250,10 @@ fn run(shape: Shape, transport: Transport, mode: Mode, nth: u32, tally: &mut Tal
     if let Some(dest) = peer.dest() {
         req = req.to(dest);
     }
-    let mut sqe = req.sqe(op, peer.fd());
+    let mut sqe = match shape.masked() {
+        true => req.sqe_masked(op, peer.fd()).expect("one buffer"),
+        false => req.sqe(op, peer.fd()),
+    };
     sqe.msg_flags |= libc::MSG_WAITALL as u32;
     if mode == Mode::Async {
         sqe.flags |= io_uring::squeue::Flags::ASYNC.bits();
@@ -418,6 +438,7 @@ fn every_allocation_failure_of_a_send_ends_cleanly() {
                 Shape::UniformFixed,
                 Shape::VectorizedMixed,
                 Shape::ManyPairs,
+                Shape::MaskedPairs,
             ] {
                 if mode == Mode::Async {
                     spawn_worker(&mut keep_workers);
