@@ -206,3 +206,23 @@ fn copies_over_a_page_keep_the_cap(#[case] copied: usize, #[case] error: Option<
         (None, None) => unreachable!(),
     }
 }
+
+/// COPY lengths whose sum wraps around: -EINVAL, as from the attributes
+/// the mask stands for, and never a bounce fragment sized by the wrapped
+/// sum. Each length is one iovec_from_user() accepts (at most SSIZE_MAX).
+#[rstest]
+fn copied_lengths_that_wrap_are_einval(#[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op) {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let peer = Peer::new(Transport::UdpConnected, Family::V4).unwrap();
+    let mut req = Request::new(vec![hdr(1), hdr(2), hdr(3), fixed(0, 0, 100)], &bufs);
+    // 2 * (2^63 - 1) + 2 = 2^64: the copied bytes sum to 0 in a u64
+    req.iov[0].iov_len = isize::MAX as usize;
+    req.iov[1].iov_len = isize::MAX as usize;
+    req.iov[2].iov_len = 2;
+    req.sync_msg();
+    let done = send(&mut ring, &req, op, &peer, (0, 0b0111));
+    assert_eq!(done.result.res, -libc::EINVAL, "{done:?}");
+    assert!(!peer.pending().unwrap(), "bytes reached the receiver");
+}
