@@ -5,7 +5,9 @@
 //! only path from user space into the importer's IO_REGBUF_F_KBUF branch:
 //! offsets instead of addresses, bvecs of whatever size the block layer
 //! built, a direction taken from the request, and a buffer that the driver
-//! completes only once the send's notification has let go of it.
+//! completes only once the send's notification has let go of it. Each
+//! request goes as its attribute array, and where it can be one, as a copy
+//! mask, whose importer hands a kernel buffer to the attributes' own.
 
 use std::os::fd::AsRawFd;
 
@@ -89,6 +91,16 @@ fn with_block_request(
     dev.remove().unwrap();
 }
 
+/// How a request names its iovecs' modes and buffer.
+#[derive(Clone, Copy, Debug)]
+enum Form {
+    /// sqe->zc_iov_attr: an attribute array.
+    Attrs,
+    /// sqe->zc_copy_mask with IORING_RECVSEND_FIXED_BUF: COPY or FIXED in
+    /// [`KBUF`].
+    Mask,
+}
+
 /// A FIXED iovec of `len` bytes at `off` in the kernel buffer: its base is
 /// the offset itself.
 fn kbuf_iovec(off: usize, len: usize) -> (libc::iovec, io_uring_zc_iov_attr) {
@@ -101,9 +113,10 @@ fn kbuf_iovec(off: usize, len: usize) -> (libc::iovec, io_uring_zc_iov_attr) {
 
 /// [COPY header, FIXED start of the buffer, COPY header, FIXED range across
 /// a bvec boundary, USER tail, FIXED last byte], and the bytes it must put
-/// on the wire.
-fn mixed_request(disk: &[u8], peer: &Peer) -> Request {
-    let segs = vec![
+/// on the wire. Without the USER tail if `form` is a mask, which has no
+/// bit for one.
+fn mixed_request(disk: &[u8], peer: &Peer, form: Form) -> Request {
+    let mut segs = vec![
         Seg::Copy(pattern(24, 1)),
         Seg::Copy(pattern(24, 2)),
         Seg::User(pattern(333, 3)),
@@ -116,7 +129,7 @@ fn mixed_request(disk: &[u8], peer: &Peer) -> Request {
         Seg::Fixed { .. } => unreachable!(),
     };
     let last = disk.len() - 1;
-    let parts = [
+    let mut parts = vec![
         (user_iovec(0), io_uring_zc_iov_attr::copy()),
         kbuf_iovec(0, 100),
         (user_iovec(1), io_uring_zc_iov_attr::copy()),
@@ -129,7 +142,12 @@ fn mixed_request(disk: &[u8], peer: &Peer) -> Request {
     expected.extend_from_slice(&disk[..100]);
     expected.extend_from_slice(&pattern(24, 2));
     expected.extend_from_slice(&disk[PAGE - 96..2 * PAGE + 904]);
-    expected.extend_from_slice(&pattern(333, 3));
+    if let Form::Attrs = form {
+        expected.extend_from_slice(&pattern(333, 3));
+    } else {
+        parts.remove(4);
+        segs.pop();
+    }
     expected.push(disk[last]);
     let (iov, attrs) = parts.into_iter().unzip();
     with_dest(Request::from_parts(segs, iov, attrs, expected), peer)
@@ -143,16 +161,31 @@ fn with_dest(req: Request, peer: &Peer) -> Request {
 }
 
 /// Sends `req`, which must succeed, and checks the bytes the peer gets.
-fn send_and_receive(ring: &mut Ring, req: &Request, op: Op, peer: &mut Peer) {
-    let done = send(ring, req, op, peer);
+fn send_and_receive(ring: &mut Ring, req: &Request, op: Op, form: Form, peer: &mut Peer) {
+    let done = send(ring, req, op, form, peer);
     assert_eq!(done.result.res, req.len() as i32, "{done:?}");
     assert!(done.notif.is_some(), "{done:?}");
     assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
 }
 
-/// Sends `req` and returns its checked (result, notification) CQEs.
-fn send(ring: &mut Ring, req: &Request, op: Op, peer: &Peer) -> sendzc_iov_vm_tests::ZcCompletion {
-    let entry = req.sqe(op, peer.fd()).user_data(7).into_entry();
+/// Sends `req` as `form` and returns its checked (result, notification)
+/// CQEs.
+fn send(
+    ring: &mut Ring,
+    req: &Request,
+    op: Op,
+    form: Form,
+    peer: &Peer,
+) -> sendzc_iov_vm_tests::ZcCompletion {
+    let sqe = match form {
+        Form::Attrs => req.sqe(op, peer.fd()),
+        Form::Mask => {
+            let (buf, _) = req.copy_mask().expect("COPY and FIXED in one buffer");
+            assert_eq!(buf, KBUF);
+            req.sqe_masked(op, peer.fd()).unwrap()
+        }
+    };
+    let entry = sqe.user_data(7).into_entry();
     // SAFETY: `req` and the kernel buffer outlive the send: this returns
     // only after the notification, or fails the test.
     unsafe { ring.push(&entry) }.unwrap();
@@ -163,8 +196,8 @@ fn send(ring: &mut Ring, req: &Request, op: Op, peer: &Peer) -> sendzc_iov_vm_te
 /// A request that must fail with -EFAULT: the CQE protocol holds (the
 /// series posts the notification of a failed request, as SEND_ZC does)
 /// and nothing reaches the receiver.
-fn expect_efault(ring: &mut Ring, req: &Request, op: Op, peer: &Peer) {
-    let done = send(ring, req, op, peer);
+fn expect_efault(ring: &mut Ring, req: &Request, op: Op, form: Form, peer: &Peer) {
+    let done = send(ring, req, op, form, peer);
     assert_eq!(done.result.res, -libc::EFAULT, "{done:?}");
     assert!(
         done.notif.is_some(),
@@ -190,8 +223,29 @@ fn mixed_request_sends_a_block_write_from_its_kernel_buffer(
     with_block_request(UBLK_IO_OP_WRITE, write_disk, |ring, desc| {
         assert_eq!(desc.len(), WRITE_PAGES * PAGE);
         let mut peer = Peer::new(transport, family).unwrap();
-        let req = mixed_request(&written_bytes(), &peer);
-        send_and_receive(ring, &req, op, &mut peer);
+        let req = mixed_request(&written_bytes(), &peer, Form::Attrs);
+        send_and_receive(ring, &req, op, Form::Attrs, &mut peer);
+    });
+}
+
+/// The same request as a copy mask over the kernel buffer: the mask's
+/// importer finds IO_REGBUF_F_KBUF and imports the iovecs as the
+/// attributes the mask stands for.
+#[rstest]
+#[case::tcp_v6_sendmsg(Transport::Tcp, Family::V6, Op::SendMsgZc)]
+#[case::tcp_v4_send_vectored(Transport::Tcp, Family::V4, Op::SendZcVectored)]
+#[case::udp_v4_sendmsg_to(Transport::UdpTo, Family::V4, Op::SendMsgZc)]
+#[case::udp_v6_send_vectored(Transport::UdpConnected, Family::V6, Op::SendZcVectored)]
+fn a_copy_mask_sends_a_block_write_from_its_kernel_buffer(
+    #[case] transport: Transport,
+    #[case] family: Family,
+    #[case] op: Op,
+) {
+    require_feature();
+    with_block_request(UBLK_IO_OP_WRITE, write_disk, |ring, _| {
+        let mut peer = Peer::new(transport, family).unwrap();
+        let req = mixed_request(&written_bytes(), &peer, Form::Mask);
+        send_and_receive(ring, &req, op, Form::Mask, &mut peer);
     });
 }
 
@@ -199,9 +253,10 @@ fn mixed_request_sends_a_block_write_from_its_kernel_buffer(
 /// (ITER_DEST only): sending from them must fail before anything is
 /// queued.
 #[rstest]
-#[case::sendmsg(Op::SendMsgZc)]
-#[case::send_vectored(Op::SendZcVectored)]
-fn a_block_read_buffer_cannot_be_sent_from(#[case] op: Op) {
+fn a_block_read_buffer_cannot_be_sent_from(
+    #[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op,
+    #[values(Form::Attrs, Form::Mask)] form: Form,
+) {
     require_feature();
     with_block_request(UBLK_IO_OP_READ, read_disk, |ring, _| {
         let peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
@@ -216,7 +271,7 @@ fn a_block_read_buffer_cannot_be_sent_from(#[case] op: Op) {
         ];
         let attrs = vec![io_uring_zc_iov_attr::copy(), fixed_attr];
         let req = Request::from_parts(vec![Seg::Copy(hdr)], iov, attrs, Vec::new());
-        expect_efault(ring, &req, op, &peer);
+        expect_efault(ring, &req, op, form, &peer);
     });
 }
 
@@ -225,7 +280,11 @@ fn a_block_read_buffer_cannot_be_sent_from(#[case] op: Op) {
 #[case::past_the_end(WRITE_PAGES * PAGE - 10, 11)]
 #[case::offset_beyond(WRITE_PAGES * PAGE, 1)]
 #[case::wrapping(usize::MAX - 5, 10)]
-fn a_range_outside_the_kernel_buffer_fails(#[case] off: usize, #[case] len: usize) {
+fn a_range_outside_the_kernel_buffer_fails(
+    #[case] off: usize,
+    #[case] len: usize,
+    #[values(Form::Attrs, Form::Mask)] form: Form,
+) {
     require_feature();
     with_block_request(UBLK_IO_OP_WRITE, write_disk, |ring, _| {
         let peer = Peer::new(Transport::UdpTo, Family::V4).unwrap();
@@ -234,7 +293,7 @@ fn a_range_outside_the_kernel_buffer_fails(#[case] off: usize, #[case] len: usiz
             Request::from_parts(Vec::new(), vec![fixed], vec![attr], Vec::new()),
             &peer,
         );
-        expect_efault(ring, &req, Op::SendMsgZc, &peer);
+        expect_efault(ring, &req, Op::SendMsgZc, form, &peer);
     });
 }
 
@@ -259,6 +318,6 @@ fn uniform_fixed_request_sends_from_the_kernel_buffer(#[case] op: Op) {
             .flat_map(|&(off, len)| disk[off..off + len].to_vec())
             .collect();
         let req = Request::from_parts(Vec::new(), iov, attrs, expected);
-        send_and_receive(ring, &req, op, &mut peer);
+        send_and_receive(ring, &req, op, Form::Attrs, &mut peer);
     });
 }
