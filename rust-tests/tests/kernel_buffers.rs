@@ -10,6 +10,7 @@
 //! mask, whose importer hands a kernel buffer to the attributes' own.
 
 use std::os::fd::AsRawFd;
+use std::panic::{self, AssertUnwindSafe};
 
 use rstest::rstest;
 use sendzc_iov::sys::io_uring_zc_iov_attr;
@@ -25,6 +26,10 @@ const PAGE: usize = 4096;
 /// Pages the writer sends from, each of its own mapping, so that the block
 /// request (and the registered buffer) has several bvecs.
 const WRITE_PAGES: usize = 3;
+/// Where in its mapping each page's worth of written bytes starts: one
+/// sector in, so that the request's bvecs start inside their pages and
+/// cross into the next, unlike the page-sized bvecs of pinned user memory.
+const WRITE_OFFSET: usize = 512;
 
 /// What the writer puts on the disk: page `i` holds `pattern(PAGE, 40 + i)`.
 fn written_bytes() -> Vec<u8> {
@@ -33,17 +38,24 @@ fn written_bytes() -> Vec<u8> {
         .collect()
 }
 
-/// One O_DIRECT pwritev of [`written_bytes`] from separate mappings.
+/// One O_DIRECT pwritev of [`written_bytes`] from separate mappings, each
+/// page's worth [`WRITE_OFFSET`] bytes into a mapping of two pages.
 fn write_disk(disk: std::fs::File) -> std::io::Result<usize> {
-    let mut pages = Vec::new();
+    let mut maps = Vec::new();
     for i in 0..WRITE_PAGES {
-        let mut page = MmapBuf::new(PAGE)?;
-        page.as_mut_slice()
+        let mut map = MmapBuf::new(2 * PAGE)?;
+        map.as_mut_slice()[WRITE_OFFSET..WRITE_OFFSET + PAGE]
             .copy_from_slice(&pattern(PAGE, 40 + i as u8));
-        pages.push(page);
+        maps.push(map);
     }
-    let iov: Vec<libc::iovec> = pages.iter().map(MmapBuf::iovec).collect();
-    // SAFETY: the iovecs describe the live mappings in `pages`.
+    let iov: Vec<libc::iovec> = maps
+        .iter()
+        .map(|map| libc::iovec {
+            iov_base: map.as_slice()[WRITE_OFFSET..].as_ptr() as *mut libc::c_void,
+            iov_len: PAGE,
+        })
+        .collect();
+    // SAFETY: the iovecs describe PAGE bytes of each live mapping in `maps`.
     let n = unsafe { libc::pwritev(disk.as_raw_fd(), iov.as_ptr(), iov.len() as i32, 0) };
     if n < 0 {
         return Err(std::io::Error::last_os_error());
@@ -66,7 +78,10 @@ fn read_disk(disk: std::fs::File) -> std::io::Result<usize> {
 /// with its pages installed as buffer [`KBUF`] of a fresh ring; `body`
 /// runs with that ring and the request's descriptor. Then the buffer
 /// leaves the table and the request is completed: the block I/O returns
-/// once every reference to its pages, a send's included, is gone.
+/// once every reference to its pages, a send's included, is gone. That
+/// happens if `body` panics too, before the panic goes on: a device whose
+/// request is never completed cannot be removed, and the test would hang
+/// there instead of failing.
 fn with_block_request(
     op: u8,
     io: fn(std::fs::File) -> std::io::Result<usize>,
@@ -82,13 +97,16 @@ fn with_block_request(
     assert_eq!(desc.op(), op, "unexpected request {desc:?}");
     dev.register_io_buf(&mut ring, tag, KBUF).unwrap();
 
-    body(&mut ring, &desc);
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| body(&mut ring, &desc)));
 
     dev.unregister_io_buf(&mut ring, tag, KBUF).unwrap();
     dev.commit(&mut ring, tag, desc.len() as i32).unwrap();
     assert_eq!(block_io.wait().unwrap(), desc.len());
     drop(ring);
     dev.remove().unwrap();
+    if let Err(failure) = outcome {
+        panic::resume_unwind(failure);
+    }
 }
 
 /// How a request names its iovecs' modes and buffer.
