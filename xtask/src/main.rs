@@ -45,11 +45,13 @@ commands:
   bench [--quick|--targets]
                  bench kernel, sendzc-bench in the guest: table, targets, plot
   bench-profile MODE... [--tcp|--tcp-virtio] [--pairs N] [--payload BYTES] [--count N]
+                [--runs N]
                  guest instructions per request of each mode, per kernel
                  function, counted by a QEMU TCG plugin (UDP, or with
                  --tcp the send path of TCP over loopback, --tcp-virtio
                  over virtio-net; 1 pair of 24 B + 0 B, 20000 requests
-                 by default)
+                 by default); --runs N: N runs in one boot, each mode
+                 shown by its median run, every run's totals beside
   kernel         fetch, patch, configure and build the kernel only
   setup          install missing host packages and virtme-ng
   fresh-check    run vm-test and ci in a new Debian 12 chroot, empty cache

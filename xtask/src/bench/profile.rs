@@ -81,17 +81,20 @@ pub struct Request {
     pub pairs: usize,
     pub payload: usize,
     pub count: usize,
+    /// Runs of all modes, one after the other in one boot.
+    pub runs: usize,
     pub modes: Vec<String>,
 }
 
-/// `MODE... [--tcp] --pairs N --payload BYTES [--count N]`, then the
-/// options the other kernel commands take.
+/// `MODE... [--tcp] --pairs N --payload BYTES [--count N] [--runs N]`,
+/// then the options the other kernel commands take.
 pub fn parse(args: &[String]) -> Result<(Request, Vec<String>)> {
     let mut request = Request {
         transport: Transport::Udp,
         pairs: 1,
         payload: 0,
         count: 20000,
+        runs: 1,
         modes: Vec::new(),
     };
     let mut rest = Vec::new();
@@ -107,6 +110,7 @@ pub fn parse(args: &[String]) -> Result<(Request, Vec<String>)> {
             "--pairs" => request.pairs = number("--pairs")?,
             "--payload" => request.payload = number("--payload")?,
             "--count" => request.count = number("--count")?,
+            "--runs" => request.runs = number("--runs")?,
             "--tcp" => request.transport = Transport::TcpLoopback,
             "--tcp-virtio" => request.transport = Transport::TcpVirtio,
             flag if flag.starts_with('-') => {
@@ -119,8 +123,8 @@ pub fn parse(args: &[String]) -> Result<(Request, Vec<String>)> {
     if request.modes.is_empty() {
         bail!("bench-profile needs at least one mode (e.g. a_sendmsg f_iov_copy)");
     }
-    if request.pairs == 0 || request.count == 0 {
-        bail!("--pairs and --count must be above 0");
+    if request.pairs == 0 || request.count == 0 || request.runs == 0 {
+        bail!("--pairs, --count and --runs must be above 0");
     }
     Ok((request, rest))
 }
@@ -208,18 +212,23 @@ pub fn window(
     per_function
 }
 
-/// The writes that bound the modes' windows: the bench's marks are the
-/// last `modes + 1` writes before the one at exit; earlier writes come
-/// from getppid calls made while the guest booted.
-pub fn window_writes(writes: usize, modes: usize) -> Result<std::ops::Range<usize>> {
-    let needed = modes + 2;
+/// The first mark of each run: a run of the bench writes `modes + 1`
+/// marks, the runs follow each other, and after the last comes the write
+/// at exit; earlier writes come from getppid calls made while the guest
+/// booted.
+pub fn run_marks(writes: usize, modes: usize, runs: usize) -> Result<Vec<usize>> {
+    let needed = runs * (modes + 1) + 1;
     if writes < needed {
-        bail!("the plugin wrote {writes} times, {needed} needed for {modes} mode(s)");
+        bail!(
+            "the plugin wrote {writes} times, {needed} needed for {runs} run(s) of {modes} mode(s)"
+        );
     }
-    Ok(writes - needed..writes - 1)
+    let first = writes - needed;
+    Ok((0..runs).map(|run| first + run * (modes + 1)).collect())
 }
 
 /// One mode's window, per request.
+#[derive(Clone)]
 pub struct ModeCost {
     pub mode: String,
     pub requests: u64,
@@ -338,45 +347,160 @@ pub fn table(request: &Request, costs: &[ModeCost]) -> String {
     out
 }
 
-/// The issue's target that `last / first` of this shape judges, if any,
-/// with its verdict: the same bounds as `cargo xtask bench` applies.
-pub fn target(request: &Request, first: &str, last: &str, ratio: f64) -> Option<String> {
-    // The ratio printed is the one the bound applies to.
-    let (what, met, shown) = match (first, last) {
-        ("a_sendmsg", "f_iov_copy") if request.payload == 0 => (
-            "header only, all COPY: (f) <= (a) + 3%",
-            ratio <= 1.03,
-            ratio,
-        ),
-        ("a_sendmsg", "i_iov_mask") if request.payload == 0 => (
-            "header only, all COPY, as a copy mask: (i) <= (a) + 3%",
-            ratio <= 1.03,
-            ratio,
-        ),
-        ("c_zc_fixed1", "e_iov_mixed4") => ("(e) <= (c) + 3%", ratio <= 1.03, ratio),
-        ("c_zc_fixed1", "i_iov_mask") => {
-            ("(e) as a copy mask: (i) <= (c) + 3%", ratio <= 1.03, ratio)
+/// One of the issue's targets, as a bound on `last / first` of two modes.
+pub struct Target {
+    what: &'static str,
+    bound: Bound,
+}
+
+enum Bound {
+    /// The ratio at most this.
+    AtMost(f64),
+    /// The ratio this far from 1 at most.
+    Within(f64),
+    /// The inverse of the ratio at least this (messages a second of a
+    /// sender bound by its CPU).
+    InverseAtLeast(f64),
+}
+
+impl Target {
+    /// The target that `last / first` of this shape judges, if any: the
+    /// same bounds as `cargo xtask bench` applies.
+    pub fn of(request: &Request, first: &str, last: &str) -> Option<Target> {
+        let (what, bound) = match (first, last) {
+            ("a_sendmsg", "f_iov_copy") if request.payload == 0 => (
+                "header only, all COPY: (f) <= (a) + 3%",
+                Bound::AtMost(1.03),
+            ),
+            ("a_sendmsg", "i_iov_mask") if request.payload == 0 => (
+                "header only, all COPY, as a copy mask: (i) <= (a) + 3%",
+                Bound::AtMost(1.03),
+            ),
+            ("c_zc_fixed1", "e_iov_mixed4") => ("(e) <= (c) + 3%", Bound::AtMost(1.03)),
+            ("c_zc_fixed1", "i_iov_mask") => {
+                ("(e) as a copy mask: (i) <= (c) + 3%", Bound::AtMost(1.03))
+            }
+            ("e_iov_mixed1", "e_iov_mixed4") => (
+                "payloads over 4 buffers within 3% of one buffer",
+                Bound::Within(0.03),
+            ),
+            // A sender bound by its CPU sends requests in inverse
+            // proportion to their cost: (d) costing 3x (e) is (e) sending
+            // 3x the msgs/s.
+            ("d_linked", "e_iov_mixed4") if request.pairs > 1 => (
+                "(e) >= 3x the msgs/s of (d), as (d) / (e) instructions a request",
+                Bound::InverseAtLeast(3.0),
+            ),
+            _ => return None,
+        };
+        Some(Target { what, bound })
+    }
+
+    pub fn met(&self, ratio: f64) -> bool {
+        match self.bound {
+            Bound::AtMost(max) => ratio <= max,
+            Bound::Within(d) => (ratio - 1.0).abs() <= d,
+            Bound::InverseAtLeast(min) => ratio * min <= 1.0,
         }
-        ("e_iov_mixed1", "e_iov_mixed4") => (
-            "payloads over 4 buffers within 3% of one buffer",
-            (ratio - 1.0).abs() <= 0.03,
-            ratio,
-        ),
-        // A sender bound by its CPU sends requests in inverse proportion
-        // to their cost: (d) costing 3x (e) is (e) sending 3x the msgs/s.
-        ("d_linked", "e_iov_mixed4") if request.pairs > 1 => (
-            "(e) >= 3x the msgs/s of (d), as (d) / (e) instructions a request",
-            ratio * 3.0 <= 1.0,
-            1.0 / ratio,
-        ),
-        _ => return None,
+    }
+
+    /// The ratio the bound applies to, as it is printed.
+    fn shown(&self, ratio: f64) -> f64 {
+        match self.bound {
+            Bound::InverseAtLeast(_) => 1.0 / ratio,
+            _ => ratio,
+        }
+    }
+
+    pub fn verdict(&self, request: &Request, ratio: f64) -> String {
+        format!(
+            "Target, {} x (24 B + {} B): {}: {} ({:.3})",
+            request.pairs,
+            request.payload,
+            self.what,
+            if self.met(ratio) { "met" } else { "MISSED" },
+            self.shown(ratio)
+        )
+    }
+}
+
+/// The verdict of the target that `last / first` of this shape judges, if
+/// any.
+pub fn target(request: &Request, first: &str, last: &str, ratio: f64) -> Option<String> {
+    Target::of(request, first, last).map(|t| t.verdict(request, ratio))
+}
+
+/// The median of `totals`, as the index of the value (the lower of the two
+/// middle ones for an even count).
+fn median_index(totals: &[f64]) -> usize {
+    let mut order: Vec<usize> = (0..totals.len()).collect();
+    order.sort_by(|&a, &b| totals[a].total_cmp(&totals[b]));
+    order[(order.len() - 1) / 2]
+}
+
+/// Of several runs (`runs[run][mode]`), each mode's run of median total:
+/// what the main table shows for it.
+pub fn median_runs(runs: &[Vec<ModeCost>]) -> Vec<ModeCost> {
+    let modes = runs[0].len();
+    (0..modes)
+        .map(|mode| {
+            let totals: Vec<f64> = runs.iter().map(|run| run[mode].total()).collect();
+            runs[median_index(&totals)][mode].clone()
+        })
+        .collect()
+}
+
+/// Every run's total per mode and `last / first`, and in how many runs
+/// the target, if any, was met: whether the median's verdict is decided
+/// or sits inside the runs' spread.
+pub fn runs_table(request: &Request, runs: &[Vec<ModeCost>]) -> String {
+    let mut out = String::new();
+    let modes: Vec<&str> = runs[0].iter().map(|c| c.mode.as_str()).collect();
+    let (first, last) = (modes[0], modes[modes.len() - 1]);
+    let _ = writeln!(
+        out,
+        "
+## {} runs in one boot: all, instructions per request
+",
+        runs.len()
+    );
+    let ratio_head = if modes.len() > 1 {
+        format!(" | {last} / {first}")
+    } else {
+        String::new()
     };
-    Some(format!(
-        "Target, {} x (24 B + {} B): {what}: {} ({shown:.3})",
-        request.pairs,
-        request.payload,
-        if met { "met" } else { "MISSED" }
-    ))
+    let _ = writeln!(out, "| run | {}{ratio_head} |", modes.join(" | "));
+    let columns = modes.len() + usize::from(modes.len() > 1);
+    let _ = writeln!(out, "|---{}|", "|---:".repeat(columns));
+    let ratio = |run: &[ModeCost]| run[run.len() - 1].total() / run[0].total();
+    for (i, run) in runs.iter().enumerate() {
+        let totals: Vec<String> = run.iter().map(|c| format!("{:.1}", c.total())).collect();
+        let ratio = if modes.len() > 1 {
+            format!(" | {:.3}", ratio(run))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "| {} | {}{ratio} |", i + 1, totals.join(" | "));
+    }
+    let _ = writeln!(
+        out,
+        "
+The tables above show each mode's run of median total."
+    );
+    if let Some(target) = Target::of(request, first, last) {
+        let met = runs.iter().filter(|run| target.met(ratio(run))).count();
+        let decided = if met == 0 || met == runs.len() {
+            "all runs agree"
+        } else {
+            "the runs disagree: not decided at this bound"
+        };
+        let _ = writeln!(
+            out,
+            "Target met in {met} of {} runs: {decided}.",
+            runs.len()
+        );
+    }
+    out
 }
 
 /// `mode,requests,cpu_ns` lines from sendzc-bench --profile.
@@ -431,14 +555,18 @@ pub fn run(layout: &Layout, args: &[String], phases: &mut Phases) -> Result<()> 
         let _ = write!(plugin_args, ",skip={addr:x}");
     }
     let (b, o) = (bin.display(), out.display());
-    let profile = format!(
-        "{b} {o}/cpu.csv {target} --profile {} {} {} {}",
-        request.pairs,
-        request.payload,
-        request.count,
-        request.modes.join(" ")
-    );
-    let mut exec = format!("{profile}; echo $? > {o}/status");
+    let profile: Vec<String> = (1..=request.runs)
+        .map(|run| {
+            format!(
+                "{b} {o}/cpu-{run}.csv {target} --profile {} {} {} {}",
+                request.pairs,
+                request.payload,
+                request.count,
+                request.modes.join(" ")
+            )
+        })
+        .collect();
+    let mut exec = format!("{}; echo $? > {o}/status", profile.join(" && "));
     let mut qemu_opts = format!("-icount shift=0 -plugin {plugin_args}");
     if let Some(net) = &net {
         exec = format!("{} && {exec}", TapNet::guest_setup());
@@ -464,21 +592,32 @@ pub fn run(layout: &Layout, args: &[String], phases: &mut Phases) -> Result<()> 
             out.join("console.log").display()
         );
     }
-    let sender = parse_sender_cpu(&fs::read_to_string(out.join("cpu.csv"))?)?;
     let writes = plugin::read_writes(&out.join("counts"))?;
-    let range = window_writes(writes.len(), request.modes.len())?;
-    let costs: Vec<ModeCost> = sender
-        .into_iter()
-        .zip(range)
-        .map(|((mode, requests, cpu_ns), i)| ModeCost {
-            mode,
-            requests,
-            sender_cpu: cpu_ns as f64 / requests as f64,
-            per_function: window(&writes[i].blocks, &writes[i + 1].blocks, &symbols),
-            left_out: window(&writes[i].skipped, &writes[i + 1].skipped, &symbols),
-        })
-        .collect();
-    let table = table(&request, &costs);
+    let marks = run_marks(writes.len(), request.modes.len(), request.runs)?;
+    let mut runs = Vec::new();
+    for (run, first_mark) in marks.into_iter().enumerate() {
+        let csv = out.join(format!("cpu-{}.csv", run + 1));
+        let sender = parse_sender_cpu(
+            &fs::read_to_string(&csv).with_context(|| csv.display().to_string())?,
+        )?;
+        let costs: Vec<ModeCost> = sender
+            .into_iter()
+            .zip(first_mark..)
+            .map(|((mode, requests, cpu_ns), i)| ModeCost {
+                mode,
+                requests,
+                sender_cpu: cpu_ns as f64 / requests as f64,
+                per_function: window(&writes[i].blocks, &writes[i + 1].blocks, &symbols),
+                left_out: window(&writes[i].skipped, &writes[i + 1].skipped, &symbols),
+            })
+            .collect();
+        runs.push(costs);
+    }
+    let costs = median_runs(&runs);
+    let mut table = table(&request, &costs);
+    if request.runs > 1 {
+        table += &runs_table(&request, &runs);
+    }
     fs::write(out.join("profile.md"), &table)?;
     println!("{table}");
     eprintln!("bench-profile: wrote {}", out.join("profile.md").display());
@@ -543,9 +682,81 @@ ffffffff81000500 T __softirqentry_text_start
     #[test]
     fn the_windows_are_the_last_marks_before_exit() {
         // A boot-time mark, 3 marks for 2 modes, the write at exit.
-        assert_eq!(window_writes(5, 2).unwrap(), 1..4);
-        assert_eq!(window_writes(4, 2).unwrap(), 0..3);
-        assert!(window_writes(3, 2).is_err());
+        assert_eq!(run_marks(5, 2, 1).unwrap(), [1]);
+        assert_eq!(run_marks(4, 2, 1).unwrap(), [0]);
+        assert!(run_marks(3, 2, 1).is_err());
+        // Two boot-time marks, then 3 runs of 3 marks each, then exit.
+        assert_eq!(run_marks(12, 2, 3).unwrap(), [2, 5, 8]);
+        assert!(run_marks(9, 2, 3).is_err());
+    }
+
+    fn totals(mode: &str, all: &[u64]) -> Vec<ModeCost> {
+        all.iter()
+            .map(|&n| ModeCost {
+                mode: mode.into(),
+                requests: 10,
+                sender_cpu: 0.0,
+                per_function: [("f".to_string(), n)].into(),
+                left_out: BTreeMap::new(),
+            })
+            .collect()
+    }
+
+    /// `runs[run][mode]` from each mode's totals over the runs.
+    fn runs_of(modes: &[(&str, &[u64])]) -> Vec<Vec<ModeCost>> {
+        let per_mode: Vec<Vec<ModeCost>> = modes.iter().map(|(m, t)| totals(m, t)).collect();
+        (0..per_mode[0].len())
+            .map(|run| per_mode.iter().map(|runs| runs[run].clone()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn each_mode_is_shown_by_its_median_run() {
+        let runs = runs_of(&[
+            ("a_sendmsg", &[19200, 19100, 19300]),
+            ("i_iov_mask", &[19900, 20100, 19700]),
+        ]);
+        let median = median_runs(&runs);
+        assert_eq!(median[0].total(), 1920.0);
+        assert_eq!(median[1].total(), 1990.0);
+        assert_eq!(median[1].mode, "i_iov_mask");
+        // An even count takes the lower middle.
+        let even = runs_of(&[("a_sendmsg", &[40, 10, 30, 20])]);
+        assert_eq!(median_runs(&even)[0].total(), 2.0);
+    }
+
+    #[test]
+    fn the_runs_table_says_whether_the_runs_agree() {
+        let request = Request {
+            transport: Transport::TcpLoopback,
+            pairs: 1,
+            payload: 0,
+            count: 10,
+            runs: 3,
+            modes: Vec::new(),
+        };
+        // 1.025, 1.035, 1.030: two runs meet the 3% bound, one does not.
+        let split = runs_of(&[
+            ("a_sendmsg", &[20000, 20000, 20000]),
+            ("i_iov_mask", &[20500, 20700, 20600]),
+        ]);
+        let t = runs_table(&request, &split);
+        assert!(t.contains("| run | a_sendmsg | i_iov_mask | i_iov_mask / a_sendmsg |"));
+        assert!(t.contains("| 2 | 2000.0 | 2070.0 | 1.035 |"));
+        assert!(t.contains("Target met in 2 of 3 runs: the runs disagree"));
+        let missed = runs_of(&[
+            ("a_sendmsg", &[20000, 20000, 20000]),
+            ("i_iov_mask", &[20700, 20800, 20900]),
+        ]);
+        assert!(runs_table(&request, &missed).contains("met in 0 of 3 runs: all runs agree"));
+        let met = runs_of(&[
+            ("a_sendmsg", &[20000, 20000, 20000]),
+            ("i_iov_mask", &[20100, 20200, 20300]),
+        ]);
+        assert!(runs_table(&request, &met).contains("met in 3 of 3 runs: all runs agree"));
+        // No target for this pair: the totals, no verdict.
+        let other = runs_of(&[("b_send", &[1, 2, 3]), ("i_iov_mask", &[1, 2, 3])]);
+        assert!(!runs_table(&request, &other).contains("Target"));
     }
 
     #[test]
@@ -562,6 +773,7 @@ ffffffff81000500 T __softirqentry_text_start
             pairs: 1,
             payload: 0,
             count: 10,
+            runs: 1,
             modes: vec!["a".into(), "f".into()],
         };
         let costs = [
@@ -583,6 +795,7 @@ ffffffff81000500 T __softirqentry_text_start
             pairs: 1,
             payload,
             count: 10,
+            runs: 1,
             modes: Vec::new(),
         };
         let verdict = |payload, first, last, ratio| target(&request(payload), first, last, ratio);
@@ -631,6 +844,7 @@ ffffffff81000500 T __softirqentry_text_start
             pairs: 1,
             payload: 0,
             count: 10,
+            runs: 1,
             modes: Vec::new(),
         };
         let t = table(&request, &[cost("a_sendmsg", 30), cost("f_iov_copy", 50)]);
@@ -644,16 +858,18 @@ ffffffff81000500 T __softirqentry_text_start
 
     #[test]
     fn arguments_take_modes_and_pass_options_on() {
-        let args: Vec<String> = "a_sendmsg --payload 16384 f_iov_copy --kernel-src /k --count 5"
-            .split(' ')
-            .map(String::from)
-            .collect();
+        let args: Vec<String> =
+            "a_sendmsg --payload 16384 f_iov_copy --kernel-src /k --count 5 --runs 3"
+                .split(' ')
+                .map(String::from)
+                .collect();
         let (request, rest) = parse(&args).unwrap();
         assert_eq!(request.modes, ["a_sendmsg", "f_iov_copy"]);
         assert_eq!(
             (request.pairs, request.payload, request.count),
             (1, 16384, 5)
         );
+        assert_eq!(request.runs, 3);
         assert_eq!(rest, ["--kernel-src", "/k"]);
         assert_eq!(request.transport, Transport::Udp);
         let (tcp, _) = parse(&["--tcp".into(), "a_sendmsg".into()]).unwrap();
@@ -661,5 +877,7 @@ ffffffff81000500 T __softirqentry_text_start
         let (virtio, _) = parse(&["--tcp-virtio".into(), "a_sendmsg".into()]).unwrap();
         assert_eq!(virtio.transport, Transport::TcpVirtio);
         assert!(parse(&["--pairs".into(), "2".into()]).is_err());
+        let zero_runs: Vec<String> = ["a_sendmsg", "--runs", "0"].map(String::from).into();
+        assert!(parse(&zero_runs).is_err());
     }
 }
