@@ -44,8 +44,12 @@ const MARK_SYMBOL: &str = "__x64_sys_getppid";
 /// and the receive side, which land on the sender's CPU whenever packets
 /// and timers do, and TCP's transmission, which the send path starts, but
 /// whose skbs carry one request or several, as the device's completions
-/// allow (autocorking). What they run is listed beside the count. The
-/// bench's sender CPU time leaves out interrupts and softirqs too.
+/// allow (autocorking); and the page allocator's drain of a CPU's free
+/// page list into the buddy allocator, which comes in batches of
+/// thousands of pages once that list passes a high mark: none or one in
+/// a run of 4000 TCP requests, worth up to 100 instructions a request of
+/// that run. What they run is listed beside the count. The bench's sender
+/// CPU time leaves out interrupts and softirqs too.
 const SEND_PATH_SKIPS: &[&str] = &[
     "common_interrupt",
     "sysvec_*",
@@ -55,6 +59,7 @@ const SEND_PATH_SKIPS: &[&str] = &[
     "tcp_write_xmit",
     "tcp_push_one",
     "tcp_tsq_write*",
+    "free_pcppages_bulk",
 ];
 /// The vCPU sendzc-bench --profile pins the sender to.
 const SENDER_VCPU: u32 = 0;
