@@ -23,6 +23,16 @@ fn fixed(buf: u16, off: usize, len: usize) -> Seg {
     Seg::Fixed { buf, off, len }
 }
 
+/// What every test here starts from: a ring with BUF_SIZES registered,
+/// and a peer over `transport`.
+fn setup(transport: Transport, family: Family) -> (Ring, RegBufs, Peer) {
+    require_feature();
+    let ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let peer = Peer::new(transport, family).unwrap();
+    (ring, bufs, peer)
+}
+
 /// Sends `req` as mask `mask` over buffer `buf`, and returns its
 /// completion, checked against the protocol (F_MORE if and only if a
 /// notification follows).
@@ -57,10 +67,7 @@ fn a_bit_past_the_last_iovec_is_einval(
     #[values(0b100, 1 << 63, u64::MAX)] mask: u64,
     #[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op,
 ) {
-    require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let peer = Peer::new(Transport::UdpConnected, Family::V4).unwrap();
+    let (mut ring, bufs, peer) = setup(Transport::UdpConnected, Family::V4);
     let req = Request::new(vec![hdr(1), fixed(0, 100, 1000)], &bufs);
     let done = send(&mut ring, &req, op, &peer, (0, mask));
     assert_rejected(&done, libc::EINVAL, &peer);
@@ -72,10 +79,7 @@ fn a_bit_past_the_last_iovec_is_einval(
 #[case::sixty_four(64, true)]
 #[case::sixty_five(65, false)]
 fn a_mask_takes_at_most_64_iovecs(#[case] nr: usize, #[case] accepted: bool) {
-    require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let mut peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+    let (mut ring, bufs, mut peer) = setup(Transport::Tcp, Family::V4);
     let segs = (0..nr).map(|i| fixed(0, i * 7, 5)).collect();
     let req = Request::new(segs, &bufs);
     let done = send(&mut ring, &req, Op::SendMsgZc, &peer, (0, 1));
@@ -95,10 +99,7 @@ fn an_all_copy_mask_is_a_copying_send(
     #[values(Transport::Tcp, Transport::UdpConnected)] transport: Transport,
     #[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op,
 ) {
-    require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let mut peer = Peer::new(transport, Family::V6).unwrap();
+    let (mut ring, bufs, mut peer) = setup(transport, Family::V6);
     let req = Request::new(vec![hdr(2), Seg::Copy(pattern(3000, 4))], &bufs);
     let done = send(&mut ring, &req, op, &peer, (9, 0b11));
     assert_eq!(done.result.res, req.len() as i32, "{done:?}");
@@ -111,10 +112,7 @@ fn an_all_copy_mask_is_a_copying_send(
 /// FIXED_BUF send does.
 #[test]
 fn an_unregistered_buffer_is_efault_at_issue() {
-    require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let peer = Peer::new(Transport::UdpConnected, Family::V4).unwrap();
+    let (mut ring, bufs, peer) = setup(Transport::UdpConnected, Family::V4);
     let req = Request::new(vec![hdr(3), fixed(0, 0, 100)], &bufs);
     let done = send(&mut ring, &req, Op::SendMsgZc, &peer, (9, 0b01));
     assert_eq!(done.result.res, -libc::EFAULT, "{done:?}");
@@ -126,10 +124,7 @@ fn an_unregistered_buffer_is_efault_at_issue() {
 /// at issue, with its notification, as with FIXED_BUF.
 #[rstest]
 fn a_range_past_its_buffer_is_efault(#[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op) {
-    require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let peer = Peer::new(Transport::UdpConnected, Family::V4).unwrap();
+    let (mut ring, bufs, peer) = setup(Transport::UdpConnected, Family::V4);
     let end = BUF_SIZES[1];
     let mut req = Request::new(vec![hdr(6), fixed(1, end - 10, 10)], &bufs);
     req.iov[1].iov_len = 20;
@@ -145,10 +140,7 @@ fn a_range_past_its_buffer_is_efault(#[values(Op::SendMsgZc, Op::SendZcVectored)
 fn empty_iovecs_are_skipped(
     #[values(Transport::Tcp, Transport::UdpConnected)] transport: Transport,
 ) {
-    require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let mut peer = Peer::new(transport, Family::V4).unwrap();
+    let (mut ring, bufs, mut peer) = setup(transport, Family::V4);
     let segs = vec![
         hdr(4),
         fixed(1, 0, 0),
@@ -174,10 +166,7 @@ fn empty_iovecs_are_skipped(
 #[case::at_the_cap(IORING_ZC_IOV_COPY_MAX as usize, None)]
 #[case::past_the_cap(IORING_ZC_IOV_COPY_MAX as usize + 1, Some(libc::E2BIG))]
 fn copies_over_a_page_keep_the_cap(#[case] copied: usize, #[case] error: Option<i32>) {
-    require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+    let (mut ring, bufs, peer) = setup(Transport::Tcp, Family::V4);
     let half = copied / 2;
     let segs = vec![
         Seg::Copy(pattern(half, 5)),
@@ -212,10 +201,7 @@ fn copies_over_a_page_keep_the_cap(#[case] copied: usize, #[case] error: Option<
 /// sum. Each length is one iovec_from_user() accepts (at most SSIZE_MAX).
 #[rstest]
 fn copied_lengths_that_wrap_are_einval(#[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op) {
-    require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let peer = Peer::new(Transport::UdpConnected, Family::V4).unwrap();
+    let (mut ring, bufs, peer) = setup(Transport::UdpConnected, Family::V4);
     let mut req = Request::new(vec![hdr(1), hdr(2), hdr(3), fixed(0, 0, 100)], &bufs);
     // 2 * (2^63 - 1) + 2 = 2^64: the copied bytes sum to 0 in a u64
     req.iov[0].iov_len = isize::MAX as usize;
