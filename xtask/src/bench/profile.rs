@@ -47,7 +47,7 @@ const MARK_SYMBOL: &str = "__x64_sys_getppid";
 /// allow (autocorking); and the page allocator's drain of a CPU's free
 /// page list into the buddy allocator, which comes in batches of
 /// thousands of pages once that list passes a high mark: none or one in
-/// a run of 4000 TCP requests, worth up to 100 instructions a request of
+/// a run of 4000 TCP requests, worth 40 to 530 instructions a request of
 /// that run. What they run is listed beside the count. The bench's sender
 /// CPU time leaves out interrupts and softirqs too.
 const SEND_PATH_SKIPS: &[&str] = &[
@@ -464,9 +464,7 @@ pub fn runs_table(request: &Request, runs: &[Vec<ModeCost>]) -> String {
     let (first, last) = (modes[0], modes[modes.len() - 1]);
     let _ = writeln!(
         out,
-        "
-## {} runs in one boot: all, instructions per request
-",
+        "\n## {} runs in one boot: all, instructions per request\n",
         runs.len()
     );
     let ratio_head = if modes.len() > 1 {
@@ -489,8 +487,7 @@ pub fn runs_table(request: &Request, runs: &[Vec<ModeCost>]) -> String {
     }
     let _ = writeln!(
         out,
-        "
-The tables above show each mode's run of median total."
+        "\nThe tables above show each mode's run of median total."
     );
     if let Some(target) = Target::of(request, first, last) {
         let met = runs.iter().filter(|run| target.met(ratio(run))).count();
