@@ -18,6 +18,17 @@ pub use net::{CSockAddr, Family, Peer, TcpPair, Transport, UdpPair};
 pub use request::{seal_write, MmapBuf, Op, RegBufs, Request, Seg};
 pub use ring::{zc_completion, Cqe, Ring, Setup, ZcCompletion};
 
+/// Holds the tests of one test binary that take it to one at a time, for
+/// as long as the guard lives, and a failed one does not fail the others:
+/// they use or read system-wide state, but a poisoned lock says nothing
+/// about it.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Fails the calling test (never skips it) on a kernel without the
 /// per-iovec feature: the tests that need it run on the kernel that
 /// `cargo xtask vm-test` builds.

@@ -9,18 +9,14 @@
 //! truth by up to net.core.mem_pcpu_rsv pages per CPU (and is clamped at 0).
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use sendzc_iov_vm_tests::net::Peer;
 use sendzc_iov_vm_tests::process::drop_cap_ipc_lock;
 use sendzc_iov_vm_tests::{
-    pattern, require_feature, seal_write, zc_completion, Family, MmapBuf, Op, RegBufs, Request,
-    Ring, Seg, Transport,
+    pattern, require_feature, seal_write, serial, zc_completion, Family, MmapBuf, Op, RegBufs,
+    Request, Ring, Seg, Transport,
 };
-
-/// These tests read system-wide counters: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Buffer 0 backed by a memfd, then two anonymous buffers, registered.
 fn buffers_with_memfd(ring: &Ring, memfd_len: usize) -> (RegBufs, OwnedFd) {
@@ -49,14 +45,6 @@ fn mixed(memfd_len: usize) -> Vec<Seg> {
         },
         Seg::User(pattern(3000, 4)),
     ]
-}
-
-/// One test at a time, and a failed one does not fail the others: they
-/// read system-wide state, but a poisoned lock says nothing about it.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[test]
