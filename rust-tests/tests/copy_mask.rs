@@ -120,6 +120,22 @@ fn an_unregistered_buffer_is_efault_at_issue() {
     assert!(!peer.pending().unwrap());
 }
 
+/// Empty iovecs are skipped with their buffer: when they are all the
+/// FIXED ones, the buffer is not looked up, and an index nothing is
+/// registered at sends the headers, as with attributes (zero_length.rs).
+#[rstest]
+fn the_buffer_of_empty_iovecs_alone_is_not_looked_up(
+    #[values(Transport::Tcp, Transport::UdpConnected)] transport: Transport,
+) {
+    let (mut ring, bufs, mut peer) = setup(transport, Family::V4);
+    let req = Request::new(vec![hdr(7), fixed(0, 0, 0), hdr(8)], &bufs);
+    let done = send(&mut ring, &req, Op::SendMsgZc, &peer, (9, 0b101));
+    assert_eq!(done.result.res, 48, "{done:?}");
+    assert!(done.notif.is_some(), "{done:?}");
+    assert_eq!(peer.receive(48).unwrap(), req.expected());
+    assert!(!peer.pending().unwrap());
+}
+
 /// A FIXED iovec that runs past the end of its buffer fails the request
 /// at issue, with its notification, as with FIXED_BUF.
 #[rstest]

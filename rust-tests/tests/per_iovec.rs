@@ -124,9 +124,16 @@ fn mixed_request_from_three_buffers(
     );
 }
 
+/// 65 iovecs, one more than a copy mask holds: such attributes are read as
+/// an array, not sent as a mask.
+fn past_a_mask(seg: impl Fn(usize) -> Seg) -> Vec<Seg> {
+    (0..65).map(seg).collect()
+}
+
 /// Requests whose iovecs share one attribute, including ones that map onto
-/// today's paths (all user, all copy, all in one buffer). Only a request
-/// that copies everything has no notification (see all_copy.rs).
+/// today's paths (all user, all copy, all in one buffer), with few iovecs
+/// and with more than a copy mask holds. Only a request that copies
+/// everything has no notification (see all_copy.rs).
 #[rstest]
 #[case::all_copy(vec![Seg::Copy(pattern(24, 1)), Seg::Copy(pattern(5000, 2))])]
 #[case::all_user(vec![Seg::User(pattern(24, 1)), Seg::User(pattern(5000, 2))])]
@@ -138,6 +145,8 @@ fn mixed_request_from_three_buffers(
     Seg::Fixed { buf: 0, off: 7, len: 24 },
     Seg::Fixed { buf: 2, off: 1, len: 8000 },
 ])]
+#[case::all_copy_past_a_mask(past_a_mask(|i| Seg::Copy(pattern(3, i as u8))))]
+#[case::all_fixed_past_a_mask(past_a_mask(|i| Seg::Fixed { buf: 1, off: 100 * i, len: 50 }))]
 #[case::copy_and_user(vec![Seg::Copy(pattern(24, 1)), Seg::User(pattern(9000, 2))])]
 #[case::empty_copy_and_user(vec![Seg::Copy(vec![]), Seg::User(vec![]), Seg::User(pattern(9, 2))])]
 fn uniform_and_simple_requests(
