@@ -305,6 +305,21 @@ impl Request {
         Some(self.sqe_plain(op, fd).copy_mask(buf, mask))
     }
 
+    /// The SQE for `op` as a registered buffer send without attributes
+    /// (IORING_RECVSEND_FIXED_BUF alone), if every iovec is FIXED in one
+    /// buffer: the send that the kernel had before the series.
+    pub fn sqe_fixed_buf(&self, op: Op, fd: i32) -> Option<SendSqe> {
+        match self.copy_mask()? {
+            (buf, 0) if !self.attrs.is_empty() => {
+                let mut sqe = self.sqe_plain(op, fd);
+                sqe.ioprio |= sendzc_iov::sys::IORING_RECVSEND_FIXED_BUF;
+                sqe.buf_index = buf;
+                Some(sqe)
+            }
+            _ => None,
+        }
+    }
+
     /// The SQE for `op`, with the attribute array, on socket `fd`.
     /// Inlined across crates: the benchmark builds one per request, and
     /// a call returning the 64-byte SQE through memory costs its sender

@@ -25,6 +25,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
+use sendzc_iov::sqe::SendSqe;
 use sendzc_iov_vm_tests::net::Peer;
 use sendzc_iov_vm_tests::{
     pattern, record_cases, require_feature, seal_write, zc_completion, Cqe, Family, MmapBuf, Op,
@@ -117,8 +118,11 @@ enum Shape {
     AllCopy,
     /// FIXED from two buffers: the per-iovec path.
     AllFixed,
-    /// FIXED from one buffer: turned into a FIXED_BUF send at prep.
+    /// FIXED from one buffer: sent as a copy mask without COPY iovecs.
     UniformFixed,
+    /// The same iovecs as a registered buffer send without attributes,
+    /// whose importer the series reshaped (io_import_reg_vec()).
+    FixedBuf,
     /// As Mixed, through SEND_ZC with IORING_SEND_VECTORIZED.
     VectorizedMixed,
     /// Five COPY headers and FIXED payloads: more attributes than the
@@ -150,7 +154,9 @@ impl Shape {
                 Op::SendMsgZc,
             ),
             Shape::AllFixed => (vec![fixed(0, 0, 8000), fixed(1, 7, 5000)], Op::SendMsgZc),
-            Shape::UniformFixed => (vec![fixed(0, 0, 8000), fixed(0, 9000, 5000)], Op::SendMsgZc),
+            Shape::UniformFixed | Shape::FixedBuf => {
+                (vec![fixed(0, 0, 8000), fixed(0, 9000, 5000)], Op::SendMsgZc)
+            }
             Shape::ManyPairs => (
                 (0..5u8)
                     .flat_map(|i| {
@@ -175,8 +181,14 @@ impl Shape {
         }
     }
 
-    fn masked(self) -> bool {
-        matches!(self, Shape::MaskedPairs)
+    /// The SQE that sends the shape's request: attributes, unless the
+    /// shape says otherwise.
+    fn sqe(self, req: &Request, op: Op, fd: i32) -> SendSqe {
+        match self {
+            Shape::MaskedPairs => req.sqe_masked(op, fd).expect("one buffer"),
+            Shape::FixedBuf => req.sqe_fixed_buf(op, fd).expect("FIXED in one buffer"),
+            _ => req.sqe(op, fd),
+        }
     }
 }
 
@@ -250,10 +262,7 @@ fn run(shape: Shape, transport: Transport, mode: Mode, nth: u32, tally: &mut Tal
     if let Some(dest) = peer.dest() {
         req = req.to(dest);
     }
-    let mut sqe = match shape.masked() {
-        true => req.sqe_masked(op, peer.fd()).expect("one buffer"),
-        false => req.sqe(op, peer.fd()),
-    };
+    let mut sqe = shape.sqe(&req, op, peer.fd());
     sqe.msg_flags |= libc::MSG_WAITALL as u32;
     if mode == Mode::Async {
         sqe.flags |= io_uring::squeue::Flags::ASYNC.bits();
@@ -436,6 +445,7 @@ fn every_allocation_failure_of_a_send_ends_cleanly() {
                 Shape::AllCopy,
                 Shape::AllFixed,
                 Shape::UniformFixed,
+                Shape::FixedBuf,
                 Shape::VectorizedMixed,
                 Shape::ManyPairs,
                 Shape::MaskedPairs,

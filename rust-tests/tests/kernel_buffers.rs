@@ -117,6 +117,9 @@ enum Form {
     /// sqe->zc_copy_mask with IORING_RECVSEND_FIXED_BUF: COPY or FIXED in
     /// [`KBUF`].
     Mask,
+    /// IORING_RECVSEND_FIXED_BUF alone, every iovec in [`KBUF`]: the
+    /// registered buffer send without attributes.
+    FixedBuf,
 }
 
 /// A FIXED iovec of `len` bytes at `off` in the kernel buffer: its base is
@@ -202,6 +205,9 @@ fn send(
             assert_eq!(buf, KBUF);
             req.sqe_masked(op, peer.fd()).unwrap()
         }
+        Form::FixedBuf => req
+            .sqe_fixed_buf(op, peer.fd())
+            .expect("FIXED in one buffer"),
     };
     let entry = sqe.user_data(7).into_entry();
     // SAFETY: `req` and the kernel buffer outlive the send: this returns
@@ -315,13 +321,15 @@ fn a_range_outside_the_kernel_buffer_fails(
     });
 }
 
-/// Every iovec FIXED from the one kernel buffer: the request is a plain
-/// FIXED_BUF vectored send, whose importer has a kernel-buffer branch of
-/// its own.
+/// Every iovec FIXED from the one kernel buffer: with attributes, a copy
+/// mask without COPY iovecs, which sends a kernel buffer the attributes'
+/// way; without, a plain FIXED_BUF vectored send, whose importer has a
+/// kernel-buffer branch of its own.
 #[rstest]
-#[case::sendmsg(Op::SendMsgZc)]
-#[case::send_vectored(Op::SendZcVectored)]
-fn uniform_fixed_request_sends_from_the_kernel_buffer(#[case] op: Op) {
+fn uniform_fixed_request_sends_from_the_kernel_buffer(
+    #[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op,
+    #[values(Form::Attrs, Form::FixedBuf)] form: Form,
+) {
     require_feature();
     with_block_request(UBLK_IO_OP_WRITE, write_disk, |ring, _| {
         let mut peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
@@ -336,6 +344,6 @@ fn uniform_fixed_request_sends_from_the_kernel_buffer(#[case] op: Op) {
             .flat_map(|&(off, len)| disk[off..off + len].to_vec())
             .collect();
         let req = Request::from_parts(Vec::new(), iov, attrs, expected);
-        send_and_receive(ring, &req, op, Form::Attrs, &mut peer);
+        send_and_receive(ring, &req, op, form, &mut peer);
     });
 }
