@@ -7,7 +7,7 @@
 //! with -EFAULT, as the base kernel does.
 
 use rstest::rstest;
-use sendzc_iov::sys::{self, io_uring_zc_iov_attr};
+use sendzc_iov::sys::io_uring_zc_iov_attr;
 use sendzc_iov_vm_tests::net::Peer;
 use sendzc_iov_vm_tests::{
     pattern, require_feature, zc_completion, Family, Op, RegBufs, Request, Ring, Seg, Transport,
@@ -115,10 +115,7 @@ fn fixed_buf_without_attributes_still_fails_an_empty_iovec() {
     let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
     let peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
     let req = Request::new(vec![fixed(0, 0, 100), fixed(0, 200, 0)], &bufs);
-    let mut sqe = req.sqe(Op::SendMsgZc, peer.fd());
-    sqe.ioprio &= !sys::IORING_SEND_ZC_IOV_ATTR;
-    sqe.ioprio |= sys::IORING_RECVSEND_FIXED_BUF;
-    sqe.zc_iov_attr = 0;
+    let sqe = req.sqe_fixed_buf(Op::SendMsgZc, peer.fd()).unwrap();
     let entry = sqe.user_data(3).into_entry();
     // SAFETY: `req` outlives the reap, which waits for every CQE.
     unsafe { ring.push(&entry) }.unwrap();
