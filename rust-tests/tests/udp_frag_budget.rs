@@ -187,3 +187,35 @@ fn a_datagram_of_many_pieces_is_copied_to_fit() {
     assert!(udp.receive().unwrap() == req.expected());
     assert!(!udp.pending().unwrap());
 }
+
+/// Forty FIXED pieces of one buffer, none next to the one before it: with
+/// attributes, which send all FIXED in one buffer as a copy mask, the
+/// datagram is copied to fit; the same request as a FIXED_BUF send
+/// without attributes fails with -EMSGSIZE, as it did before the series.
+#[test]
+fn an_all_fixed_datagram_of_many_pieces_is_copied_to_fit() {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let peer = Peer::new(Transport::UdpConnected, Family::V4).unwrap();
+    let Peer::Udp(udp) = &peer else {
+        unreachable!()
+    };
+    let segs = (0..40)
+        .map(|i| Seg::Fixed {
+            buf: 0,
+            off: 1500 * i,
+            len: 10,
+        })
+        .collect();
+    let req = Request::new(segs, &bufs);
+    let fd = udp.tx.as_raw_fd();
+    let done = send(&mut ring, &req, Op::SendMsgZc, fd, false);
+    assert_eq!(done.result.res, req.len() as i32, "{done:?}");
+    assert!(udp.receive().unwrap() == req.expected());
+
+    let fixed_buf = req.sqe_fixed_buf(Op::SendMsgZc, fd).unwrap();
+    let done = send_sqe(&mut ring, fixed_buf, false);
+    assert_eq!(done.result.res, -libc::EMSGSIZE, "{done:?}");
+    assert!(!udp.pending().unwrap());
+}
