@@ -163,14 +163,21 @@ fn report_usage_says_whether_the_train_was_copied(#[case] pairs: usize, #[case] 
     .unwrap();
 }
 
+/// What the single-datagram tests start from: a ring with BUF_SIZES
+/// registered, and a connected UDP peer.
+fn setup() -> (Ring, RegBufs, Peer) {
+    require_feature();
+    let ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let peer = Peer::new(Transport::UdpConnected, Family::V4).unwrap();
+    (ring, bufs, peer)
+}
+
 /// Forty payloads of 10 bytes, none next to the one before it in memory:
 /// one datagram of 41 frags, copied to fit.
 #[test]
 fn a_datagram_of_many_pieces_is_copied_to_fit() {
-    require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let peer = Peer::new(Transport::UdpConnected, Family::V4).unwrap();
+    let (mut ring, bufs, peer) = setup();
     let Peer::Udp(udp) = &peer else {
         unreachable!()
     };
@@ -194,10 +201,7 @@ fn a_datagram_of_many_pieces_is_copied_to_fit() {
 /// without attributes fails with -EMSGSIZE, as it did before the series.
 #[test]
 fn an_all_fixed_datagram_of_many_pieces_is_copied_to_fit() {
-    require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let peer = Peer::new(Transport::UdpConnected, Family::V4).unwrap();
+    let (mut ring, bufs, peer) = setup();
     let Peer::Udp(udp) = &peer else {
         unreachable!()
     };
