@@ -116,7 +116,8 @@ enum Shape {
     /// COPY headers, FIXED payloads over three buffers, a USER payload.
     Mixed,
     AllCopy,
-    /// FIXED from two buffers: the per-iovec path.
+    /// FIXED from two buffers: a copy mask over both, whose second buffer
+    /// the notification holds in a struct of its own.
     AllFixed,
     /// FIXED from one buffer: sent as a copy mask without COPY iovecs.
     UniformFixed,
@@ -125,8 +126,9 @@ enum Shape {
     FixedBuf,
     /// As Mixed, through SEND_ZC with IORING_SEND_VECTORIZED.
     VectorizedMixed,
-    /// Five COPY headers and FIXED payloads: more attributes than the
-    /// kernel reads onto its stack (UIO_FASTIOV), so it allocates them.
+    /// Five COPY headers and FIXED payloads, and a USER tail: more
+    /// attributes than the kernel reads onto its stack (UIO_FASTIOV), so it
+    /// allocates them.
     ManyPairs,
     /// Ten COPY headers and FIXED payloads of one buffer as a copy mask:
     /// more bvecs than the iovec array holds, and over UDP more than an
@@ -166,6 +168,7 @@ impl Shape {
                             fixed(u16::from(i % 2), off, 1000),
                         ]
                     })
+                    .chain([Seg::User(pattern(500, 30))])
                     .collect(),
                 Op::SendMsgZc,
             ),

@@ -124,6 +124,70 @@ fn mixed_request_from_three_buffers(
     );
 }
 
+/// Header and payload pairs, the payload of pair i in buffer `order[i]`.
+fn pairs_in(order: &[u16]) -> Vec<Seg> {
+    order
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &buf)| {
+            let payload = Seg::Fixed {
+                buf,
+                off: 97 * i,
+                len: 1000,
+            };
+            [hdr(i as u8), payload]
+        })
+        .collect()
+}
+
+/// Attributes whose FIXED iovecs are in up to four buffers are sent as a
+/// copy mask over those buffers; in five, they are read as an array. Either
+/// way every payload comes from its own buffer: in order, out of order,
+/// back to a buffer seen before, and past the 32nd iovec.
+#[rstest]
+#[case::one_buffer(&[0])]
+#[case::four_buffers(&[0, 1, 2, 3])]
+#[case::four_out_of_order(&[2, 0, 2, 3, 1, 1, 0])]
+#[case::four_past_32_iovecs(&[3, 1, 0, 2, 1, 3, 2, 0, 0, 1, 3, 2, 2, 1, 0, 3, 1, 2, 3, 0])]
+#[case::five_buffers(&[0, 1, 2, 3, 4])]
+fn pairs_over_several_buffers(
+    #[case] order: &[u16],
+    #[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op,
+    #[values(Transport::Tcp, Transport::UdpConnected)] transport: Transport,
+) {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &[8 * 1024; 5]).unwrap();
+    let mut peer = Peer::new(transport, Family::V4).unwrap();
+    let req = request_for(pairs_in(order), &bufs, &peer);
+
+    let done = send(&mut ring, &req, op, &peer);
+    assert_eq!(done.result.res, req.len() as i32, "{done:?}");
+    assert!(done.notif.is_some(), "{done:?}");
+    assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
+    assert!(!peer.pending().unwrap(), "more bytes than sent");
+}
+
+/// A buffer that is not the first of a request is looked up like the
+/// first: nothing registered at its index fails the request at issue.
+#[rstest]
+fn a_later_buffer_not_registered_is_efault(
+    #[values(Transport::Tcp, Transport::UdpConnected)] transport: Transport,
+) {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let peer = Peer::new(transport, Family::V4).unwrap();
+    let mut req = request_for(pairs_in(&[0, 1]), &bufs, &peer);
+    req.attrs[3] = io_uring_zc_iov_attr::fixed(99);
+    req.sync_msg();
+
+    let done = send(&mut ring, &req, Op::SendMsgZc, &peer);
+    assert_eq!(done.result.res, -libc::EFAULT, "{done:?}");
+    assert!(done.notif.is_some(), "{done:?}");
+    assert!(!peer.pending().unwrap(), "bytes reached the receiver");
+}
+
 /// 65 iovecs, one more than a copy mask holds: such attributes are read as
 /// an array, not sent as a mask.
 fn past_a_mask(seg: impl Fn(usize) -> Seg) -> Vec<Seg> {

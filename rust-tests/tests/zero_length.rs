@@ -90,21 +90,28 @@ fn zero_length_iovecs_are_skipped(
 }
 
 /// A skipped FIXED iovec names no buffer the kernel looks at: an index
-/// nothing is registered at is not an error when the length is zero.
+/// nothing is registered at is not an error when the length is zero, as
+/// the only buffer of a request or after a payload from another.
 #[rstest]
 fn an_empty_fixed_iovec_needs_no_registered_buffer(
     #[values(Transport::Tcp, Transport::UdpConnected)] transport: Transport,
+    #[values(false, true)] after_a_payload: bool,
 ) {
     require_feature();
     let mut ring = Ring::new(8).unwrap();
     let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
     let mut peer = Peer::new(transport, Family::V4).unwrap();
-    let mut req = Request::new(vec![hdr(3), fixed(0, 0, 0)], &bufs);
-    req.attrs[1] = io_uring_zc_iov_attr::fixed(999);
+    let mut segs = vec![hdr(3), fixed(0, 0, 0)];
+    if after_a_payload {
+        segs.splice(0..0, [hdr(4), fixed(1, 10, 1000)]);
+    }
+    let last = segs.len() - 1;
+    let mut req = Request::new(segs, &bufs);
+    req.attrs[last] = io_uring_zc_iov_attr::fixed(999);
     req.sync_msg();
     let done = send(&mut ring, &req, Op::SendMsgZc, &peer, 2);
-    assert_eq!(done.result.res, 24, "{done:?}");
-    assert_eq!(peer.receive(24).unwrap(), req.expected());
+    assert_eq!(done.result.res, req.len() as i32, "{done:?}");
+    assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
 }
 
 /// The registered buffer send without attributes is unchanged.
