@@ -188,6 +188,31 @@ fn a_later_buffer_not_registered_is_efault(
     assert!(!peer.pending().unwrap(), "bytes reached the receiver");
 }
 
+/// Attributes are checked past a second buffer too: an invalid one in
+/// front of a payload from another buffer fails the request at prep, with
+/// no notification, as it does anywhere else.
+#[rstest]
+#[case::resv(|a: &mut io_uring_zc_iov_attr| a.resv = 1)]
+#[case::mode(|a: &mut io_uring_zc_iov_attr| a.mode = 3)]
+#[case::flags(|a: &mut io_uring_zc_iov_attr| a.flags = 1)]
+fn an_invalid_attribute_before_a_second_buffer_is_einval(
+    #[case] spoil: fn(&mut io_uring_zc_iov_attr),
+    #[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op,
+) {
+    require_feature();
+    let mut ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    let peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+    let mut req = request_for(pairs_in(&[0, 1]), &bufs, &peer);
+    spoil(&mut req.attrs[0]);
+    req.sync_msg();
+
+    let done = send(&mut ring, &req, op, &peer);
+    assert_eq!(done.result.res, -libc::EINVAL, "{done:?}");
+    assert!(done.notif.is_none(), "{done:?}");
+    assert!(!peer.pending().unwrap(), "bytes reached the receiver");
+}
+
 /// 65 iovecs, one more than a copy mask holds: such attributes are read as
 /// an array, not sent as a mask.
 fn past_a_mask(seg: impl Fn(usize) -> Seg) -> Vec<Seg> {
