@@ -267,7 +267,7 @@ fn memory_table(csv: &str) -> Result<String> {
         "Memory held per request of (e) in flight (UDP, a plug qdisc holding every \
          datagram; the socket's sk_wmem_alloc and the process's VmPin, their rise \
          divided by the requests held; COPY bytes sit in a slot of the ring when the \
-         payloads share one buffer, else in its bounce cache):\n\n\
+         payloads are in at most four buffers, else in its bounce cache):\n\n\
          | pairs | payload | held | sk_wmem_alloc B/req | VmPin B/req | COPY B/req | node refs/req |\n\
          |---|---|---|---|---|---|---|\n",
     );
