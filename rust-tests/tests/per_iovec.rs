@@ -94,6 +94,13 @@ fn mixed_segments(transport: Transport) -> Vec<Seg> {
 
 const BUF_SIZES: [usize; 3] = [256 * 1024, 64 * 1024, 8 * 1024];
 
+/// A ring with buffers of [`BUF_SIZES`] registered, and a peer to send to.
+fn setup(transport: Transport, family: Family) -> (Ring, RegBufs, Peer) {
+    let ring = Ring::new(8).unwrap();
+    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
+    (ring, bufs, Peer::new(transport, family).unwrap())
+}
+
 fn request_for(segs: Vec<Seg>, bufs: &RegBufs, peer: &Peer) -> Request {
     let req = Request::new(segs, bufs);
     match peer.dest() {
@@ -109,9 +116,7 @@ fn mixed_request_from_three_buffers(
     #[values(Family::V4, Family::V6)] family: Family,
 ) {
     require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let mut peer = Peer::new(transport, family).unwrap();
+    let (mut ring, bufs, mut peer) = setup(transport, family);
     let req = request_for(mixed_segments(transport), &bufs, &peer);
 
     let done = send(&mut ring, &req, op, &peer);
@@ -175,9 +180,7 @@ fn a_later_buffer_not_registered_is_efault(
     #[values(Transport::Tcp, Transport::UdpConnected)] transport: Transport,
 ) {
     require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let peer = Peer::new(transport, Family::V4).unwrap();
+    let (mut ring, bufs, peer) = setup(transport, Family::V4);
     let mut req = request_for(pairs_in(&[0, 1]), &bufs, &peer);
     req.attrs[3] = io_uring_zc_iov_attr::fixed(99);
     req.sync_msg();
@@ -200,9 +203,7 @@ fn an_invalid_attribute_before_a_second_buffer_is_einval(
     #[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op,
 ) {
     require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+    let (mut ring, bufs, peer) = setup(Transport::Tcp, Family::V4);
     let mut req = request_for(pairs_in(&[0, 1]), &bufs, &peer);
     spoil(&mut req.attrs[0]);
     req.sync_msg();
@@ -243,9 +244,7 @@ fn uniform_and_simple_requests(
     #[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op,
 ) {
     require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let mut peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+    let (mut ring, bufs, mut peer) = setup(Transport::Tcp, Family::V4);
     let req = Request::new(segs, &bufs);
 
     let done = send(&mut ring, &req, op, &peer);
@@ -258,9 +257,7 @@ fn uniform_and_simple_requests(
 #[test]
 fn empty_request_sends_nothing_and_notifies() {
     require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+    let (mut ring, bufs, peer) = setup(Transport::Tcp, Family::V4);
     let req = Request::new(vec![], &bufs);
     let done = send(&mut ring, &req, Op::SendMsgZc, &peer);
     assert_eq!(done.result.res, 0);
@@ -272,9 +269,7 @@ fn empty_request_sends_nothing_and_notifies() {
 #[test]
 fn report_usage_reports_copied_on_loopback_for_mixed_requests() {
     require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let mut peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+    let (mut ring, bufs, mut peer) = setup(Transport::Tcp, Family::V4);
     let req = Request::new(mixed_segments(Transport::Tcp), &bufs);
     let mut sqe = req.sqe(Op::SendMsgZc, peer.fd());
     sqe.ioprio |= sys::IORING_SEND_ZC_REPORT_USAGE;
@@ -377,9 +372,7 @@ fn errors_send_nothing_and_keep_the_protocol(
     #[values(Transport::Tcp, Transport::UdpConnected)] transport: Transport,
 ) {
     require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let peer = Peer::new(transport, Family::V4).unwrap();
+    let (mut ring, bufs, peer) = setup(transport, Family::V4);
     let mut req = Request::new(
         vec![
             hdr(0),
@@ -438,9 +431,7 @@ fn copy_memory_is_reusable_at_the_result(
     #[values(Transport::Tcp, Transport::UdpConnected)] transport: Transport,
 ) {
     require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let mut peer = Peer::new(transport, Family::V6).unwrap();
+    let (mut ring, bufs, mut peer) = setup(transport, Family::V6);
     let mut req = Request::new(mixed_segments(transport), &bufs);
     let expected = req.expected().to_vec();
 
@@ -534,9 +525,7 @@ fn read_while_reaping(ring: &mut Ring, pair: &TcpPair, len: usize, user_data: u6
 fn udp_segment_batch_of_pairs(#[values(Family::V4, Family::V6)] family: Family) {
     require_feature();
     const GSO: usize = 1000;
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let peer = Peer::new(Transport::UdpConnected, family).unwrap();
+    let (mut ring, bufs, peer) = setup(Transport::UdpConnected, family);
     let Peer::Udp(udp) = &peer else {
         unreachable!()
     };
@@ -577,9 +566,7 @@ fn udp_segment_batch_of_pairs(#[values(Family::V4, Family::V6)] family: Family) 
 #[case::over_the_cap(sys::IORING_ZC_IOV_COPY_MAX as usize + 1, libc::E2BIG)]
 fn copy_bytes_of_a_mixed_request_are_capped(#[case] copy: usize, #[case] errno: i32) {
     require_feature();
-    let mut ring = Ring::new(8).unwrap();
-    let bufs = RegBufs::register(&ring, &BUF_SIZES).unwrap();
-    let mut peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
+    let (mut ring, bufs, mut peer) = setup(Transport::Tcp, Family::V4);
     let half = copy / 2;
     let segs = vec![
         Seg::Copy(pattern(half, 1)),
