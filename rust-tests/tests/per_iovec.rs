@@ -173,16 +173,18 @@ fn pairs_over_several_buffers(
     assert!(!peer.pending().unwrap(), "more bytes than sent");
 }
 
-/// A buffer that is not the first of a request is looked up like the
-/// first: nothing registered at its index fails the request at issue.
+/// Every buffer of a request is looked up at issue, the one of its last
+/// payload (which the kernel's look meets first) and the others: nothing
+/// registered at either index fails the request with -EFAULT.
 #[rstest]
-fn a_later_buffer_not_registered_is_efault(
+fn an_unregistered_buffer_among_several_is_efault(
     #[values(Transport::Tcp, Transport::UdpConnected)] transport: Transport,
+    #[values(1, 3)] unregistered: usize,
 ) {
     require_feature();
     let (mut ring, bufs, peer) = setup(transport, Family::V4);
     let mut req = request_for(pairs_in(&[0, 1]), &bufs, &peer);
-    req.attrs[3] = io_uring_zc_iov_attr::fixed(99);
+    req.attrs[unregistered] = io_uring_zc_iov_attr::fixed(99);
     req.sync_msg();
 
     let done = send(&mut ring, &req, Op::SendMsgZc, &peer);
