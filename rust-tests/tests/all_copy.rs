@@ -27,12 +27,13 @@ enum Issue {
     PollFirst,
 }
 
-fn header_request(peer: &Peer, ring: &Ring) -> Request {
+/// A header, and with `iovecs` 2 a short body after it: one attribute is
+/// read on its own, more by the look at the whole array.
+fn header_request(peer: &Peer, ring: &Ring, iovecs: usize) -> Request {
     let bufs = RegBufs::register(ring, &[4096]).unwrap();
-    let req = Request::new(
-        vec![Seg::Copy(pattern(24, 1)), Seg::Copy(pattern(1000, 2))],
-        &bufs,
-    );
+    let mut segs = vec![Seg::Copy(pattern(24, 1)), Seg::Copy(pattern(1000, 2))];
+    segs.truncate(iovecs);
+    let req = Request::new(segs, &bufs);
     match peer.dest() {
         Some(dest) => req.to(dest),
         None => req,
@@ -69,11 +70,12 @@ fn one_cqe_without_more(
     #[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op,
     #[values(Transport::Tcp, Transport::UdpConnected, Transport::UdpTo)] transport: Transport,
     #[values(Issue::Inline, Issue::Async, Issue::PollFirst)] issue: Issue,
+    #[values(1, 2)] iovecs: usize,
 ) {
     require_feature();
     let mut ring = Ring::new(8).unwrap();
     let mut peer = Peer::new(transport, Family::V6).unwrap();
-    let req = header_request(&peer, &ring);
+    let req = header_request(&peer, &ring, iovecs);
     let mut sqe = req.sqe(op, peer.fd());
     match issue {
         Issue::Inline => {}
@@ -93,7 +95,7 @@ fn report_usage_has_no_notification_to_report_in() {
     require_feature();
     let mut ring = Ring::new(8).unwrap();
     let mut peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
-    let req = header_request(&peer, &ring);
+    let req = header_request(&peer, &ring, 2);
     let mut sqe = req.sqe(Op::SendMsgZc, peer.fd());
     sqe.ioprio |= sys::IORING_SEND_ZC_REPORT_USAGE;
     let done = complete(&mut ring, sqe.user_data(4).into_entry(), 4);
@@ -109,7 +111,7 @@ fn an_error_comes_without_more_either() {
     require_feature();
     let mut ring = Ring::new(8).unwrap();
     let peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
-    let mut req = header_request(&peer, &ring);
+    let mut req = header_request(&peer, &ring, 2);
     req.iov[1].iov_base = 0x1000 as *mut libc::c_void;
     failed_alone(&mut ring, &req, 5, libc::EFAULT, &peer);
 }
@@ -120,7 +122,7 @@ fn a_cancelled_request_comes_without_more() {
     require_feature();
     let mut ring = Ring::new(8).unwrap();
     let peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
-    let req = header_request(&peer, &ring);
+    let req = header_request(&peer, &ring, 2);
     let head = opcode::PollAdd::new(types::Fd(-1), libc::POLLIN as u32)
         .build()
         .flags(squeue::Flags::from_bits_truncate(IOSQE_IO_LINK))
@@ -169,16 +171,21 @@ enum Field {
 /// The kernel picks an all-COPY request out by a look at its attributes
 /// before it reads them; what the look does not accept must still be
 /// rejected by the full read: -EINVAL in one CQE, wherever the bad
-/// attribute is (the look starts from the last).
+/// attribute is (the look starts from the last), and for a header alone,
+/// whose one attribute is read without the look.
 #[rstest]
+#[case::alone(1, 0)]
+#[case::first_of_two(2, 0)]
+#[case::last_of_two(2, 1)]
 fn a_bad_copy_attribute_fails_the_request(
-    #[values(0, 1)] at: usize,
+    #[case] iovecs: usize,
+    #[case] at: usize,
     #[values(Field::Flags, Field::Resv, Field::BufIndex)] field: Field,
 ) {
     require_feature();
     let mut ring = Ring::new(8).unwrap();
     let peer = Peer::new(Transport::Tcp, Family::V4).unwrap();
-    let mut req = header_request(&peer, &ring);
+    let mut req = header_request(&peer, &ring, iovecs);
     match field {
         Field::Flags => req.attrs[at].flags = 1,
         Field::Resv => req.attrs[at].resv = 1,

@@ -216,6 +216,45 @@ fn an_invalid_attribute_before_a_second_buffer_is_einval(
     assert!(!peer.pending().unwrap(), "bytes reached the receiver");
 }
 
+/// The two words of `attr` as it lies in memory (little-endian).
+fn words_of(attr: &io_uring_zc_iov_attr) -> [u32; 2] {
+    let word = u32::from(attr.mode) | u32::from(attr.flags) << 8 | u32::from(attr.buf_index) << 16;
+    [word, attr.resv]
+}
+
+/// The kernel reads an attribute as one 8-byte word where it can, but the
+/// struct's own alignment is 4: an array 4 bytes past an 8-byte boundary
+/// is as valid, and is sent the same, whichever way the request goes (a
+/// header alone, the look's all-COPY, a copy mask in one buffer and in
+/// two, the array's USER).
+#[rstest]
+#[case::header_alone(vec![hdr(0)])]
+#[case::headers(vec![hdr(0), hdr(1)])]
+#[case::header_and_payload(vec![hdr(0), Seg::Fixed { buf: 1, off: 3, len: 5000 }])]
+#[case::pairs_in_two_buffers(pairs_in(&[0, 1]))]
+#[case::header_and_user(vec![hdr(0), Seg::User(pattern(5000, 2))])]
+fn attributes_aligned_as_their_struct_are_read(
+    #[case] segs: Vec<Seg>,
+    #[values(Op::SendMsgZc, Op::SendZcVectored)] op: Op,
+) {
+    require_feature();
+    let (mut ring, bufs, mut peer) = setup(Transport::Tcp, Family::V4);
+    let req = Request::new(segs, &bufs);
+    let mut words = vec![0u32; 2 * req.attrs.len() + 1];
+    let start = usize::from((words.as_ptr() as usize).is_multiple_of(8));
+    for (i, attr) in req.attrs.iter().enumerate() {
+        words[start + 2 * i..start + 2 * i + 2].copy_from_slice(&words_of(attr));
+    }
+    let attrs = words[start..].as_ptr() as *const io_uring_zc_iov_attr;
+    assert_eq!(attrs as usize % 8, 4);
+
+    let done = submit(&mut ring, req.sqe(op, peer.fd()).iov_attrs(attrs), 1);
+    assert_eq!(done.result.res, req.len() as i32, "{done:?}");
+    let copies_all = req.segs.iter().all(|s| matches!(s, Seg::Copy(_)));
+    assert_eq!(done.notif.is_some(), !copies_all, "{done:?}");
+    assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
+}
+
 /// 65 iovecs, one more than a copy mask holds: such attributes are read as
 /// an array, not sent as a mask.
 fn past_a_mask(seg: impl Fn(usize) -> Seg) -> Vec<Seg> {
