@@ -216,6 +216,15 @@ fn an_invalid_attribute_before_a_second_buffer_is_einval(
     assert!(!peer.pending().unwrap(), "bytes reached the receiver");
 }
 
+/// `req` was sent whole: its length in the result, a notification unless
+/// it copies everything (see all_copy.rs), and its bytes at `peer`.
+fn sent_whole(done: &ZcCompletion, req: &Request, peer: &mut Peer) {
+    assert_eq!(done.result.res, req.len() as i32, "{done:?}");
+    let copies_all = req.segs.iter().all(|s| matches!(s, Seg::Copy(_)));
+    assert_eq!(done.notif.is_some(), !copies_all, "{done:?}");
+    assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
+}
+
 /// The two words of `attr` as it lies in memory (little-endian).
 fn words_of(attr: &io_uring_zc_iov_attr) -> [u32; 2] {
     let word = u32::from(attr.mode) | u32::from(attr.flags) << 8 | u32::from(attr.buf_index) << 16;
@@ -249,10 +258,7 @@ fn attributes_aligned_as_their_struct_are_read(
     assert_eq!(attrs as usize % 8, 4);
 
     let done = submit(&mut ring, req.sqe(op, peer.fd()).iov_attrs(attrs), 1);
-    assert_eq!(done.result.res, req.len() as i32, "{done:?}");
-    let copies_all = req.segs.iter().all(|s| matches!(s, Seg::Copy(_)));
-    assert_eq!(done.notif.is_some(), !copies_all, "{done:?}");
-    assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
+    sent_whole(&done, &req, &mut peer);
 }
 
 /// 65 iovecs, one more than a copy mask holds: such attributes are read as
@@ -289,10 +295,7 @@ fn uniform_and_simple_requests(
     let req = Request::new(segs, &bufs);
 
     let done = send(&mut ring, &req, op, &peer);
-    assert_eq!(done.result.res, req.len() as i32, "{done:?}");
-    let copies_all = req.segs.iter().all(|s| matches!(s, Seg::Copy(_)));
-    assert_eq!(done.notif.is_some(), !copies_all, "{done:?}");
-    assert_eq!(peer.receive(req.len()).unwrap(), req.expected());
+    sent_whole(&done, &req, &mut peer);
 }
 
 #[test]
