@@ -6,6 +6,7 @@
 //! check-uapi     the Rust bindings against the patched kernel's C header
 //! bench          the benchmark of issue 6 on the bench kernel
 //! bench-profile  guest instructions per kernel function of bench modes
+//! bench-targets  every target decided by bench-profile's count, in several runs
 //! ci             host checks (fmt, clippy, unit tests), check-patches, vm-test
 //! setup          install the host packages and virtme-ng
 //! fresh-check    the two README commands in a clean Debian 12 chroot
@@ -52,6 +53,9 @@ commands:
                  over virtio-net; 1 pair of 24 B + 0 B, 20000 requests
                  by default); --runs N: N runs in one boot, each mode
                  shown by its median run, every run's totals beside
+  bench-targets [--runs N]
+                 every target of the benchmark decided by bench-profile's
+                 count of the send path, N runs each (default 5): one table
   kernel         fetch, patch, configure and build the kernel only
   setup          install missing host packages and virtme-ng
   fresh-check    run vm-test and ci in a new Debian 12 chroot, empty cache
@@ -88,6 +92,7 @@ fn run(args: &[String]) -> Result<()> {
             | "check-uapi"
             | "bench"
             | "bench-profile"
+            | "bench-targets"
             | "setup"
     );
     if needs_host_tools {
@@ -112,6 +117,7 @@ fn run(args: &[String]) -> Result<()> {
             bench::run(&layout, &options::parse(rest)?, &mut phases, scope).map(|()| None)
         }
         "bench-profile" => bench::profile::run(&layout, rest, &mut phases).map(|()| None),
+        "bench-targets" => bench::targets::run(&layout, rest, &mut phases).map(|()| None),
         "host" => phases
             .run("host checks", || checks::host_checks(&layout))
             .map(Some),

@@ -16,6 +16,7 @@ mod plugin;
 pub mod profile;
 mod report;
 mod tap;
+pub mod targets;
 
 use std::fs;
 use std::time::Duration;
@@ -62,6 +63,18 @@ impl Scope {
     }
 }
 
+/// What a run of `cargo xtask bench` writes under target/bench.
+const RUN_FILES: &[&str] = &[
+    "console.log",
+    "status",
+    "udp.csv",
+    "tcp.csv",
+    "memory.csv",
+    "results.csv",
+    "summary.md",
+    "cpu_per_byte.svg",
+];
+
 fn build_bench(layout: &Layout) -> Result<std::path::PathBuf> {
     let sh = Shell::new()?;
     let _cd = sh.push_dir(&layout.root);
@@ -87,8 +100,11 @@ pub fn run(layout: &Layout, options: &Options, phases: &mut Phases, scope: Scope
     let net = TapNet::create()?;
     let port = net.start_sink()?;
     let out = layout.root.join("target/bench");
-    let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out)?;
+    // Only this command's files: bench-profile's and bench-targets' stay.
+    for file in RUN_FILES {
+        let _ = fs::remove_file(out.join(file));
+    }
     let flag = scope.flag();
     let (b, o) = (bin.display(), out.display());
     let exec = format!(

@@ -25,6 +25,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -249,7 +250,8 @@ impl ModeCost {
         self.per_function.get(function).copied().unwrap_or(0) as f64 / self.requests as f64
     }
 
-    fn total(&self) -> f64 {
+    /// All instructions a request.
+    pub fn total(&self) -> f64 {
         self.per_function.values().sum::<u64>() as f64 / self.requests as f64
     }
 }
@@ -409,8 +411,13 @@ impl Target {
         }
     }
 
+    /// What the target asks, as the verdict says it.
+    pub fn what(&self) -> &'static str {
+        self.what
+    }
+
     /// The ratio the bound applies to, as it is printed.
-    fn shown(&self, ratio: f64) -> f64 {
+    pub fn shown(&self, ratio: f64) -> f64 {
         match self.bound {
             Bound::InverseAtLeast(_) => 1.0 / ratio,
             _ => ratio,
@@ -519,107 +526,160 @@ fn parse_sender_cpu(csv: &str) -> Result<Vec<(String, u64, u64)>> {
         .collect()
 }
 
+/// What every boot of the bench kernel under the plugin needs, built once:
+/// `bench-targets` boots it once a target.
+pub struct Profiler {
+    bzimage: PathBuf,
+    bin: PathBuf,
+    plugin: PathBuf,
+    symbols: Symbols,
+    mark: u64,
+    timeout: Option<Duration>,
+}
+
+impl Profiler {
+    /// Builds the bench kernel, sendzc-bench and the plugin (into `out`).
+    pub fn prepare(
+        layout: &Layout,
+        options: Options,
+        phases: &mut Phases,
+        out: &Path,
+    ) -> Result<Profiler> {
+        let options = Options {
+            profile: Some(Profile::Bench),
+            ..options
+        };
+        let kernel = kernel::build(layout, &options, phases)?;
+        let bin = phases.run("bench build", || build_bench(layout))?;
+        let plugin = phases.run("plugin build", || plugin::build(layout, out))?;
+        let system_map = fs::read_to_string(kernel.build.join("System.map"))
+            .with_context(|| format!("System.map in {}", kernel.build.display()))?;
+        let symbols = Symbols::parse(&system_map);
+        let mark = symbols
+            .address(MARK_SYMBOL)
+            .with_context(|| format!("{MARK_SYMBOL} is not in System.map"))?;
+        Ok(Profiler {
+            bzimage: kernel.bzimage,
+            bin,
+            plugin,
+            symbols,
+            mark,
+            timeout: options.timeout,
+        })
+    }
+
+    /// Boots once and runs the modes of `request` `request.runs` times,
+    /// its files in `out`, as the phase `phase`: each mode's cost,
+    /// `runs[run][mode]`.
+    pub fn runs(
+        &self,
+        layout: &Layout,
+        request: &Request,
+        out: &Path,
+        phases: &mut Phases,
+        phase: &str,
+    ) -> Result<Vec<Vec<ModeCost>>> {
+        let mut plugin_args = format!(
+            "{},snap={:x},out={}/counts",
+            self.plugin.display(),
+            self.mark,
+            out.display()
+        );
+        let (net, target) = match request.transport {
+            Transport::Udp => (None, "udp-dummy".to_string()),
+            Transport::TcpLoopback => (None, "tcp-loopback".to_string()),
+            Transport::TcpVirtio => {
+                let net = TapNet::create()?;
+                let port = net.start_sink()?;
+                (Some(net), format!("tcp={HOST_ADDR}:{port}"))
+            }
+        };
+        let _ = write!(plugin_args, ",vcpu={SENDER_VCPU}");
+        for addr in self.symbols.addresses(SEND_PATH_SKIPS) {
+            let _ = write!(plugin_args, ",skip={addr:x}");
+        }
+        let (b, o) = (self.bin.display(), out.display());
+        let profile: Vec<String> = (1..=request.runs)
+            .map(|run| {
+                format!(
+                    "{b} {o}/cpu-{run}.csv {target} --profile {} {} {} {}",
+                    request.pairs,
+                    request.payload,
+                    request.count,
+                    request.modes.join(" ")
+                )
+            })
+            .collect();
+        let mut exec = format!("{}; echo $? > {o}/status", profile.join(" && "));
+        let mut qemu_opts = format!("-icount shift=0 -plugin {plugin_args}");
+        if let Some(net) = &net {
+            exec = format!("{} && {exec}", TapNet::guest_setup());
+            qemu_opts = format!("{qemu_opts} {}", net.qemu_opts());
+        }
+        let outcome = phases.run(phase, || {
+            Boot {
+                kernel: &self.bzimage,
+                accel: Accel::Tcg,
+                exec,
+                out_dir: out,
+                console_log: out.join("console.log"),
+                timeout: self.timeout.unwrap_or(Duration::from_secs(1800)),
+                vng_args: vec![format!("--qemu-opts={qemu_opts}")],
+                netns: net.as_ref().map(|n| n.netns.clone()),
+            }
+            .run(layout)
+        })?;
+        if outcome.status != Some(0) {
+            bail!(
+                "sendzc-bench --profile failed ({:?}); see {}",
+                outcome.status,
+                out.join("console.log").display()
+            );
+        }
+        let writes = plugin::read_writes(&out.join("counts"))?;
+        let marks = run_marks(writes.len(), request.modes.len(), request.runs)?;
+        let mut runs = Vec::new();
+        for (run, first_mark) in marks.into_iter().enumerate() {
+            let csv = out.join(format!("cpu-{}.csv", run + 1));
+            let sender = parse_sender_cpu(
+                &fs::read_to_string(&csv).with_context(|| csv.display().to_string())?,
+            )?;
+            let costs: Vec<ModeCost> = sender
+                .into_iter()
+                .zip(first_mark..)
+                .map(|((mode, requests, cpu_ns), i)| ModeCost {
+                    mode,
+                    requests,
+                    sender_cpu: cpu_ns as f64 / requests as f64,
+                    per_function: window(&writes[i].blocks, &writes[i + 1].blocks, &self.symbols),
+                    left_out: window(&writes[i].skipped, &writes[i + 1].skipped, &self.symbols),
+                })
+                .collect();
+            runs.push(costs);
+        }
+        Ok(runs)
+    }
+}
+
+/// The per-function table of `runs`, with every run's totals when there
+/// are several.
+pub fn report(request: &Request, runs: &[Vec<ModeCost>]) -> String {
+    let mut out = table(request, &median_runs(runs));
+    if runs.len() > 1 {
+        out += &runs_table(request, runs);
+    }
+    out
+}
+
 pub fn run(layout: &Layout, args: &[String], phases: &mut Phases) -> Result<()> {
     let (request, rest) = parse(args)?;
     let options = crate::options::parse(&rest)?;
-    let options = Options {
-        profile: Some(Profile::Bench),
-        ..options
-    };
-    let kernel = kernel::build(layout, &options, phases)?;
-    let bin = phases.run("bench build", || build_bench(layout))?;
     let out = layout.root.join("target/bench/profile");
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out)?;
-    let plugin = phases.run("plugin build", || plugin::build(layout, &out))?;
-    let system_map = fs::read_to_string(kernel.build.join("System.map"))
-        .with_context(|| format!("System.map in {}", kernel.build.display()))?;
-    let symbols = Symbols::parse(&system_map);
-    let mark = symbols
-        .address(MARK_SYMBOL)
-        .with_context(|| format!("{MARK_SYMBOL} is not in System.map"))?;
-    let mut plugin_args = format!(
-        "{},snap={mark:x},out={}/counts",
-        plugin.display(),
-        out.display()
-    );
-    let (net, target) = match request.transport {
-        Transport::Udp => (None, "udp-dummy".to_string()),
-        Transport::TcpLoopback => (None, "tcp-loopback".to_string()),
-        Transport::TcpVirtio => {
-            let net = TapNet::create()?;
-            let port = net.start_sink()?;
-            (Some(net), format!("tcp={HOST_ADDR}:{port}"))
-        }
-    };
-    let _ = write!(plugin_args, ",vcpu={SENDER_VCPU}");
-    for addr in symbols.addresses(SEND_PATH_SKIPS) {
-        let _ = write!(plugin_args, ",skip={addr:x}");
-    }
-    let (b, o) = (bin.display(), out.display());
-    let profile: Vec<String> = (1..=request.runs)
-        .map(|run| {
-            format!(
-                "{b} {o}/cpu-{run}.csv {target} --profile {} {} {} {}",
-                request.pairs,
-                request.payload,
-                request.count,
-                request.modes.join(" ")
-            )
-        })
-        .collect();
-    let mut exec = format!("{}; echo $? > {o}/status", profile.join(" && "));
-    let mut qemu_opts = format!("-icount shift=0 -plugin {plugin_args}");
-    if let Some(net) = &net {
-        exec = format!("{} && {exec}", TapNet::guest_setup());
-        qemu_opts = format!("{qemu_opts} {}", net.qemu_opts());
-    }
-    let outcome = phases.run("profile run", || {
-        Boot {
-            kernel: &kernel.bzimage,
-            accel: Accel::Tcg,
-            exec,
-            out_dir: &out,
-            console_log: out.join("console.log"),
-            timeout: options.timeout.unwrap_or(Duration::from_secs(1800)),
-            vng_args: vec![format!("--qemu-opts={qemu_opts}")],
-            netns: net.as_ref().map(|n| n.netns.clone()),
-        }
-        .run(layout)
-    })?;
-    if outcome.status != Some(0) {
-        bail!(
-            "sendzc-bench --profile failed ({:?}); see {}",
-            outcome.status,
-            out.join("console.log").display()
-        );
-    }
-    let writes = plugin::read_writes(&out.join("counts"))?;
-    let marks = run_marks(writes.len(), request.modes.len(), request.runs)?;
-    let mut runs = Vec::new();
-    for (run, first_mark) in marks.into_iter().enumerate() {
-        let csv = out.join(format!("cpu-{}.csv", run + 1));
-        let sender = parse_sender_cpu(
-            &fs::read_to_string(&csv).with_context(|| csv.display().to_string())?,
-        )?;
-        let costs: Vec<ModeCost> = sender
-            .into_iter()
-            .zip(first_mark..)
-            .map(|((mode, requests, cpu_ns), i)| ModeCost {
-                mode,
-                requests,
-                sender_cpu: cpu_ns as f64 / requests as f64,
-                per_function: window(&writes[i].blocks, &writes[i + 1].blocks, &symbols),
-                left_out: window(&writes[i].skipped, &writes[i + 1].skipped, &symbols),
-            })
-            .collect();
-        runs.push(costs);
-    }
-    let costs = median_runs(&runs);
-    let mut table = table(&request, &costs);
-    if request.runs > 1 {
-        table += &runs_table(&request, &runs);
-    }
+    let profiler = Profiler::prepare(layout, options, phases, &out)?;
+    let runs = profiler.runs(layout, &request, &out, phases, "profile run")?;
+    let table = report(&request, &runs);
     fs::write(out.join("profile.md"), &table)?;
     println!("{table}");
     eprintln!("bench-profile: wrote {}", out.join("profile.md").display());
