@@ -133,9 +133,59 @@ fn table(cells: &BTreeMap<Key, Cell>) -> String {
     out
 }
 
+/// The ratios a target accepts: `min..=max`.
+#[derive(Clone, Copy)]
+struct Accepts {
+    min: f64,
+    max: f64,
+}
+
+const AT_MOST_3_PCT: Accepts = Accepts {
+    min: f64::NEG_INFINITY,
+    max: 1.03,
+};
+const WITHIN_3_PCT: Accepts = Accepts {
+    min: 0.97,
+    max: 1.03,
+};
+const AT_LEAST_3X: Accepts = Accepts {
+    min: 3.0,
+    max: f64::INFINITY,
+};
+
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    Met,
+    Missed,
+    /// The runs spread the ratio over both sides of the bound.
+    Undecided,
+}
+
+/// `ratio` of two cells whose runs spread by `spread` (a fraction, the
+/// two cells' spreads added) is decided only where all of
+/// `ratio * (1 +- spread)` falls on one side of the bound.
+fn judge(accepts: Accepts, ratio: f64, spread: f64) -> Verdict {
+    let (lo, hi) = (ratio * (1.0 - spread), ratio * (1.0 + spread));
+    if lo >= accepts.min && hi <= accepts.max {
+        Verdict::Met
+    } else if hi < accepts.min || lo > accepts.max {
+        Verdict::Missed
+    } else {
+        Verdict::Undecided
+    }
+}
+
+/// The spread of two cells' runs, as one fraction.
+fn spread(a: &Cell, b: &Cell) -> f64 {
+    (a.spread_pct + b.spread_pct) / 100.0
+}
+
 /// The targets of issue 13, each with its measured value. A target about
 /// zero-copy is only judged where REPORT_USAGE confirmed zero-copy for (c)
 /// on that transport; UDP shapes are the nearest that fit one datagram.
+/// A ratio whose cells' runs spread over both sides of the bound (TCP's,
+/// as a rule) is left to `cargo xtask bench-targets`, which counts the
+/// send path.
 fn targets(cells: &BTreeMap<Key, Cell>) -> String {
     let get = |t: &str, batch: usize, payload: usize, mode: &str| {
         cells.get(&(t.to_string(), batch, payload, mode.to_string()))
@@ -145,18 +195,24 @@ fn targets(cells: &BTreeMap<Key, Cell>) -> String {
     };
     let mut out =
         String::from("Targets (cpu = sender thread, counted in guest instructions under TCG):\n");
-    let mut line = |name: String, verdict: Option<(bool, String)>, zc: bool| {
+    let mut line = |name: String, verdict: Option<(Verdict, String)>, zc: bool| {
         let _ = match verdict {
             Some((_, detail)) if !zc => writeln!(
                 out,
                 "- {name}: not judged, zero-copy not confirmed on this path ({detail})"
             ),
-            Some((ok, detail)) => {
-                writeln!(
-                    out,
-                    "- {name}: {} ({detail})",
-                    if ok { "met" } else { "MISSED" }
-                )
+            Some((Verdict::Undecided, detail)) => writeln!(
+                out,
+                "- {name}: not decided by this run, whose runs spread over the bound \
+                 ({detail}); `cargo xtask bench-targets` decides it"
+            ),
+            Some((verdict, detail)) => {
+                let verdict = if verdict == Verdict::Met {
+                    "met"
+                } else {
+                    "MISSED"
+                };
+                writeln!(out, "- {name}: {verdict} ({detail})")
             }
             None => writeln!(out, "- {name}: not measured (cell missing)"),
         };
@@ -176,9 +232,13 @@ fn targets(cells: &BTreeMap<Key, Cell>) -> String {
                     get(t, 1, 0, "b_zc_user")?,
                 );
                 let (rf, rb) = (f.cpu_per_msg / a.cpu_per_msg, b.cpu_per_msg / a.cpu_per_msg);
+                let s = spread(f, a);
                 Some((
-                    rf <= 1.03,
-                    format!("{copy_name}/a = {rf:.2} (<= 1.03), b/a = {rb:.2}"),
+                    judge(AT_MOST_3_PCT, rf, s),
+                    format!(
+                        "{copy_name}/a = {rf:.3} (<= 1.03), spread {:.1}%, b/a = {rb:.2}",
+                        s * 100.0
+                    ),
                 ))
             })();
             line(
@@ -200,9 +260,14 @@ fn targets(cells: &BTreeMap<Key, Cell>) -> String {
                     e.cpu_per_byte / a.cpu_per_byte,
                     e.cpu_per_byte / c.cpu_per_byte,
                 );
+                let s = spread(e, c);
                 Some((
-                    rc <= 1.03,
-                    format!("{mixed_name}/c = {rc:.2} (<= 1.03), {mixed_name}/a = {ra:.2}"),
+                    judge(AT_MOST_3_PCT, rc, s),
+                    format!(
+                        "{mixed_name}/c = {rc:.3} (<= 1.03), spread {:.1}%, \
+                         {mixed_name}/a = {ra:.2}",
+                        s * 100.0
+                    ),
                 ))
             })();
             line(
@@ -220,18 +285,23 @@ fn targets(cells: &BTreeMap<Key, Cell>) -> String {
                 get(t, batch, 4096, "d_linked")?,
             );
             let r = e.msgs_per_s / d.msgs_per_s;
+            let s = spread(e, d);
             if t != "tcp-virtio" {
-                return Some((r >= 3.0, format!("msgs/s e/d = {r:.2} (>= 3)")));
+                return Some((
+                    judge(AT_LEAST_3X, r, s),
+                    format!("msgs/s e/d = {r:.2} (>= 3), spread {:.1}%", s * 100.0),
+                ));
             }
             // The link to the host's sink, not the sender's CPU, bounds
             // TCP's msgs/s: judge the msgs/s that the CPU each message
             // costs the sender allows.
             let cpu = d.cpu_per_msg / e.cpu_per_msg;
             Some((
-                cpu >= 3.0,
+                judge(AT_LEAST_3X, cpu, s),
                 format!(
-                    "sender CPU a message d/e = {cpu:.2} (>= 3); measured msgs/s e/d = \
-                     {r:.2}, bound by the link"
+                    "sender CPU a message d/e = {cpu:.2} (>= 3), spread {:.1}%; measured \
+                     msgs/s e/d = {r:.2}, bound by the link",
+                    s * 100.0
                 ),
             ))
         })();
@@ -247,9 +317,13 @@ fn targets(cells: &BTreeMap<Key, Cell>) -> String {
             get("udp-dummy", 4, 4096, "e_iov_mixed1")?,
         );
         let r = e4.cpu_per_byte / e1.cpu_per_byte;
+        let s = spread(e4, e1);
         Some((
-            (r - 1.0).abs() <= 0.03,
-            format!("4 buffers / 1 buffer = {r:.3} (within 3%)"),
+            judge(WITHIN_3_PCT, r, s),
+            format!(
+                "4 buffers / 1 buffer = {r:.3} (within 3%), spread {:.1}%",
+                s * 100.0
+            ),
         ))
     })();
     line(
@@ -366,6 +440,57 @@ mod tests {
     }
 
     #[test]
+    fn a_verdict_holds_only_beyond_the_spread() {
+        // 1.02 with no spread is met; 1% each side still is; 2% is not sure.
+        assert_eq!(judge(AT_MOST_3_PCT, 1.02, 0.0), Verdict::Met);
+        assert_eq!(judge(AT_MOST_3_PCT, 1.02, 0.009), Verdict::Met);
+        assert_eq!(judge(AT_MOST_3_PCT, 1.02, 0.02), Verdict::Undecided);
+        assert_eq!(judge(AT_MOST_3_PCT, 1.10, 0.05), Verdict::Missed);
+        assert_eq!(judge(AT_MOST_3_PCT, 1.06, 0.10), Verdict::Undecided);
+        // Within 3% is missed on either side, and undecided across 1.
+        assert_eq!(judge(WITHIN_3_PCT, 0.96, 0.0), Verdict::Missed);
+        assert_eq!(judge(WITHIN_3_PCT, 1.10, 0.0), Verdict::Missed);
+        assert_eq!(judge(WITHIN_3_PCT, 0.90, 0.20), Verdict::Undecided);
+        assert_eq!(judge(AT_LEAST_3X, 5.34, 0.20), Verdict::Met);
+        assert_eq!(judge(AT_LEAST_3X, 5.34, 0.72), Verdict::Undecided);
+        assert_eq!(judge(AT_LEAST_3X, 2.0, 0.1), Verdict::Missed);
+    }
+
+    /// TCP's header ratio of 1.06 from runs that spread by 5% each could
+    /// be 1.00 or 1.12: no verdict; UDP's, from runs that agree, has one.
+    #[test]
+    fn runs_that_spread_over_the_bound_decide_nothing() {
+        let mut csv = String::from(
+            "transport,mode,payload,batch,rep,requests,bytes,wall_ns,cpu_ns,zero_copy\n",
+        );
+        for t in ["tcp-virtio", "udp-dummy"] {
+            let wide = if t == "tcp-virtio" { 50 } else { 0 };
+            for (rep, jitter) in [(0, 0), (1, wide)] {
+                let (a, f) = (1000 + jitter, 1060 + jitter);
+                csv += &format!("{t},a_sendmsg,0,1,{rep},10,240,1000,{a},n/a\n");
+                csv += &format!("{t},f_iov_copy,0,1,{rep},10,240,1000,{f},n/a\n");
+                csv += &format!("{t},b_zc_user,0,1,{rep},10,240,1000,{a},yes\n");
+            }
+        }
+        let t = targets(&cells(&parse_rows(&csv).unwrap()));
+        assert!(
+            t.contains(
+                "- tcp-virtio 24 B header only, all COPY: (f) <= (a) + 3% per message: \
+                 not decided by this run"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("`cargo xtask bench-targets` decides it"), "{t}");
+        assert!(
+            t.contains(
+                "- udp-dummy 24 B header only, all COPY: (f) <= (a) + 3% per message: \
+                 MISSED (f/a = 1.060 (<= 1.03), spread 0.0%"
+            ),
+            "{t}"
+        );
+    }
+
+    #[test]
     fn memory_rows_become_table_rows() {
         let csv = "transport,mode,payload,batch,held,memfree_per_req,vmpin_per_req,copy_bytes_per_req,node_refs_per_req\n\
                    udp-dummy,e_iov_mixed4,4096,4,2048,1500,0,96,4\n";
@@ -419,7 +544,7 @@ mod tests {
         assert!(
             summary.contains(
                 "tcp-virtio 1 x (24 B + 65536 B), as a copy mask: (i) <= (c) + 3% per byte: \
-                 MISSED (i/c = 1.05"
+                 MISSED (i/c = 1.049"
             ),
             "{summary}"
         );
