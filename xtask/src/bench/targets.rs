@@ -59,72 +59,19 @@ use Transport::{TcpLoopback as Tcp, Udp};
 /// count repeats within 1% (over virtio-net it moves by 8%). At one pair
 /// `e_iov_mixed4` is the request `e_iov_mixed1` is: one payload, one
 /// buffer.
+#[rustfmt::skip]
 pub const ROWS: &[Row] = &[
-    row(
-        "udp-header-f",
-        Udp,
-        (1, 0, 20000),
-        "a_sendmsg",
-        "f_iov_copy",
-    ),
-    row(
-        "udp-header-i",
-        Udp,
-        (1, 0, 20000),
-        "a_sendmsg",
-        "i_iov_mask",
-    ),
-    row(
-        "tcp-header-f",
-        Tcp,
-        (1, 0, 20000),
-        "a_sendmsg",
-        "f_iov_copy",
-    ),
-    row(
-        "tcp-header-i",
-        Tcp,
-        (1, 0, 20000),
-        "a_sendmsg",
-        "i_iov_mask",
-    ),
-    row(
-        "udp-e",
-        Udp,
-        (1, 16384, 5000),
-        "c_zc_fixed1",
-        "e_iov_mixed4",
-    ),
+    row("udp-header-f", Udp, (1, 0, 20000), "a_sendmsg", "f_iov_copy"),
+    row("udp-header-i", Udp, (1, 0, 20000), "a_sendmsg", "i_iov_mask"),
+    row("tcp-header-f", Tcp, (1, 0, 20000), "a_sendmsg", "f_iov_copy"),
+    row("tcp-header-i", Tcp, (1, 0, 20000), "a_sendmsg", "i_iov_mask"),
+    row("udp-e", Udp, (1, 16384, 5000), "c_zc_fixed1", "e_iov_mixed4"),
     row("udp-i", Udp, (1, 16384, 5000), "c_zc_fixed1", "i_iov_mask"),
-    row(
-        "tcp-e",
-        Tcp,
-        (1, 65536, 4000),
-        "c_zc_fixed1",
-        "e_iov_mixed4",
-    ),
+    row("tcp-e", Tcp, (1, 65536, 4000), "c_zc_fixed1", "e_iov_mixed4"),
     row("tcp-i", Tcp, (1, 65536, 4000), "c_zc_fixed1", "i_iov_mask"),
-    row(
-        "udp-4-buffers",
-        Udp,
-        (4, 4096, 5000),
-        "e_iov_mixed1",
-        "e_iov_mixed4",
-    ),
-    row(
-        "tcp-4-buffers",
-        Tcp,
-        (16, 4096, 2000),
-        "e_iov_mixed1",
-        "e_iov_mixed4",
-    ),
-    row(
-        "tcp-linked",
-        Tcp,
-        (16, 4096, 2000),
-        "d_linked",
-        "e_iov_mixed4",
-    ),
+    row("udp-4-buffers", Udp, (4, 4096, 5000), "e_iov_mixed1", "e_iov_mixed4"),
+    row("tcp-4-buffers", Tcp, (16, 4096, 2000), "e_iov_mixed1", "e_iov_mixed4"),
+    row("tcp-linked", Tcp, (16, 4096, 2000), "d_linked", "e_iov_mixed4"),
 ];
 
 impl Row {
