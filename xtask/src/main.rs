@@ -45,6 +45,8 @@ commands:
   check-uapi     build the kernel, compare the Rust bindings with its <linux/io_uring.h>
   bench [--quick|--targets]
                  bench kernel, sendzc-bench in the guest: table, targets, plot
+                 (--targets: only the shapes the targets judge; a target
+                 whose runs spread over its bound is left to bench-targets)
   bench-profile MODE... [--tcp|--tcp-virtio] [--pairs N] [--payload BYTES] [--count N]
                 [--runs N]
                  guest instructions per request of each mode, per kernel
