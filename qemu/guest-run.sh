@@ -5,7 +5,9 @@
 #   OUTDIR/env    KEY=value lines exported to the tests
 #   OUTDIR/tests  test binaries (host paths; the guest shares the host's root)
 #   OUTDIR/peers  suites written by others: name, directory, judge, command
-# Writes OUTDIR/dmesg.txt, OUTDIR/kmemleak.txt, OUTDIR/gcov/*.gcda, and last
+# Writes OUTDIR/results/BINARY.log (each test binary's output), for each
+# suite OUTDIR/peer-NAME.log and OUTDIR/peer-NAME.status (its exit status),
+# OUTDIR/dmesg.txt, OUTDIR/kmemleak.txt, OUTDIR/gcov/*.gcda, and last
 # OUTDIR/status (the host treats a missing status file as a crashed or hung
 # guest).
 set -u
@@ -26,23 +28,30 @@ done < "$out/env"
 # Kernel problems logged before this line are boot problems (see xtask).
 echo "sendzc-guest: tests start" > /dev/kmsg
 status=0
+run=$(dirname "$0")/logged-run.sh
+mkdir -p "$out/results"
 while IFS= read -r bin; do
 	[ -n "$bin" ] || continue
-	echo "sendzc-guest: running $(basename "$bin")"
-	"$bin" --color never "$@" || status=1
+	name=$(basename "$bin")
+	echo "sendzc-guest: running $name"
+	"$run" "$out/results/$name.log" . "$bin" --color never "$@" \
+		< /dev/null || status=1
 done < "$out/tests"
 
-# Suites written by others: name, directory, judge and command, separated
-# by tabs. Each one's output also goes to OUTDIR/peer-NAME.log. judge
-# "exit": the exit status is the verdict; "host": the host judges the log
-# (liburing's runtests.sh fails on the base kernel too; xtask compares).
+# Suites written by others: name, directory, judge and command (split on
+# blanks, not globbed), separated by tabs. judge "exit": the exit status is
+# the verdict; "host": the host judges the log (liburing's runtests.sh
+# fails on the base kernel too; xtask compares).
 tab=$(printf '\t')
 while IFS="$tab" read -r name dir judge command; do
 	[ -n "$name" ] || continue
 	echo "sendzc-guest: running peer suite $name"
-	"$(dirname "$0")/peer-suite.sh" "$out/peer-$name.log" "$dir" "$command" \
-		< /dev/null
+	set -f
+	# shellcheck disable=SC2086 # the command's words are its arguments
+	"$run" "$out/peer-$name.log" "$dir" $command < /dev/null
 	rc=$?
+	set +f
+	echo "$rc" > "$out/peer-$name.status"
 	if [ "$rc" = 0 ]; then
 		echo "peer-result: $name ok"
 	else

@@ -86,6 +86,24 @@ pub fn tally(console: &str) -> Tally {
     t
 }
 
+/// Totals of the test binaries' logs in `dir`, one file each (see
+/// qemu/guest-run.sh): a binary whose log has no `test result:` line is
+/// not counted, for the caller to compare with the binaries it ran.
+pub fn tally_logs(dir: &Path) -> Tally {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Tally::default();
+    };
+    let mut logs: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    logs.iter()
+        .filter_map(|p| fs::read_to_string(p).ok())
+        .map(|text| tally(&text))
+        .fold(Tally::default(), Tally::add)
+}
+
 /// What the final summary reports besides the test totals.
 #[derive(Default)]
 pub struct Summary {
@@ -242,6 +260,44 @@ mod tests {
             "fault injection: 120 points injected, 37 clean errors, 2 leaks, 0 splats"
         );
         assert_eq!(fault_line(&[], problems), None);
+    }
+
+    /// Each binary's own log counts, whatever the console made of it: on
+    /// the console a kernel message once split a result line, and that
+    /// binary's 2 passed and 1 ignored went uncounted.
+    #[test]
+    fn tallies_each_binarys_log() {
+        let dir = std::env::temp_dir().join(format!("sendzc-tally-logs-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let result = "test result: ok. 2 passed; 0 failed; 1 ignored; 0 measured\n";
+        fs::write(
+            dir.join("many_in_flight-1.log"),
+            format!("running 3 tests\n{result}"),
+        )
+        .unwrap();
+        fs::write(
+            dir.join("all_copy-2.log"),
+            "test result: FAILED. 4 passed; 1 failed;\n",
+        )
+        .unwrap();
+        // crashed before its result: no binary counted, for the caller
+        fs::write(dir.join("crashed-3.log"), "running 5 tests\n").unwrap();
+        fs::write(dir.join("notes.txt"), result).unwrap();
+        let garbled = "test result: [ 45.5] sendzc-many: in flight\nok. 2 passed;\n";
+        let t = tally_logs(&dir);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            t,
+            Tally {
+                passed: 6,
+                failed: 1,
+                ignored: 1,
+                binaries: 2
+            }
+        );
+        // What the console-based count made of the split line.
+        assert_eq!(tally(garbled).passed, 0);
+        assert_eq!(tally_logs(Path::new("/nonexistent")), Tally::default());
     }
 
     #[test]

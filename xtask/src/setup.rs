@@ -305,7 +305,7 @@ mod tests {
         ("sysctl", "io_uring_zerocopy_tx.sh sets net.core sysctls"),
         ("file", "vng detects the kernel version with it"),
         ("tc", "the guest tests put netem on a veth pair"),
-        ("tail", "qemu/peer-suite.sh streams a suite's log"),
+        ("tail", "qemu/logged-run.sh streams a test's or suite's log"),
     ];
 
     /// Where a program a `cmd!` names comes from, if xtask provides it itself:

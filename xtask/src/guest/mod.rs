@@ -35,7 +35,6 @@ pub struct GuestPlan<'a> {
 pub struct GuestRun {
     pub out: PathBuf,
     pub console_log: PathBuf,
-    pub console: String,
     pub outcome: vng::Outcome,
     pub accel: Accel,
     pub timeout: Duration,
@@ -115,11 +114,9 @@ pub fn boot(
             boot.run(layout)
         })?;
     }
-    let console = fs::read_to_string(&console_log).unwrap_or_default();
     Ok(GuestRun {
         out,
         console_log,
-        console,
         outcome,
         accel,
         timeout,

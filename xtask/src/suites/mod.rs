@@ -20,7 +20,7 @@ use crate::kernel::Kernel;
 use crate::layout::Layout;
 use crate::options::Options;
 use crate::phase::Phases;
-use crate::report::{tally, Summary, Tally};
+use crate::report::{tally_logs, Summary, Tally};
 
 /// The peer suites staged for one guest run, and liburing's selection.
 pub struct Peers {
@@ -76,14 +76,14 @@ pub fn judge(
     peers: &Peers,
 ) -> Result<Judged> {
     let mut judged = Judged {
-        tally: tally(&run.console),
+        tally: tally_logs(&run.out.join("results")),
         summary: Summary {
             cases: crate::report::case_counts(&run.out.join("cases.txt")),
             ..Summary::default()
         },
         failures: Vec::new(),
     };
-    let reported = results(&run.console);
+    let reported = results(&run.out, &peers.suites);
     for suite in &peers.suites {
         let Some((_, exited_ok)) = reported.iter().find(|(n, _)| *n == suite.name) else {
             judged
@@ -173,14 +173,16 @@ pub fn plan_line(suite: &PeerSuite) -> String {
     )
 }
 
-/// `(suite, exited 0)` from the guest's `peer-result:` lines.
-pub fn results(console: &str) -> Vec<(String, bool)> {
-    console
-        .lines()
-        .filter_map(|l| l.split("peer-result: ").nth(1))
-        .filter_map(|r| {
-            let mut words = r.split_whitespace();
-            Some((words.next()?.to_string(), words.next()? == "ok"))
+/// `(suite, exited 0)` for each of `suites` whose exit status the guest
+/// wrote (OUTDIR/peer-NAME.status): read from a file of its own, since a
+/// kernel message can land in the middle of a console line.
+pub fn results(out: &Path, suites: &[PeerSuite]) -> Vec<(String, bool)> {
+    suites
+        .iter()
+        .filter_map(|suite| {
+            let status = fs::read_to_string(out.join(format!("peer-{}.status", suite.name)));
+            let code: i32 = status.ok()?.trim().parse().ok()?;
+            Some((suite.name.clone(), code == 0))
         })
         .collect()
 }
@@ -223,10 +225,23 @@ mod tests {
 
     #[test]
     fn reads_peer_results() {
-        let console =
-            "  | peer-result: kernel-selftest ok\n[ 1.0] x\npeer-result: liburing FAILED (exit 1)\n";
+        let out = std::env::temp_dir().join(format!("sendzc-peer-results-{}", std::process::id()));
+        fs::create_dir_all(&out).unwrap();
+        fs::write(out.join("peer-kernel-selftest.status"), "0\n").unwrap();
+        fs::write(out.join("peer-liburing.status"), "1\n").unwrap();
+        fs::write(out.join("peer-garbled.status"), "[ 1.0] x\n").unwrap();
+        let suite = |name: &str| PeerSuite {
+            name: name.into(),
+            dir: PathBuf::from("/"),
+            judge: Judge::Exit,
+            command: "true".into(),
+        };
+        let suites = ["kernel-selftest", "liburing", "garbled", "missing"].map(suite);
+        let reported = results(&out, &suites);
+        fs::remove_dir_all(&out).unwrap();
+        // A suite without a readable status reported nothing.
         assert_eq!(
-            results(console),
+            reported,
             [
                 ("kernel-selftest".to_string(), true),
                 ("liburing".to_string(), false)
@@ -234,8 +249,37 @@ mod tests {
         );
     }
 
+    /// logged-run.sh passes each argument as it is, and the log holds
+    /// everything the command wrote, standard error included.
+    #[test]
+    fn logged_run_keeps_arguments_and_output() {
+        use std::process::Command;
+
+        let dir = std::env::temp_dir().join(format!("sendzc-logged-run-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/logged-run.sh");
+        let log = dir.join("x.log");
+        let output = Command::new(script)
+            .arg(&log)
+            .arg(&dir)
+            .args([
+                "sh",
+                "-c",
+                "echo \"$1|$2\"; echo err >&2; exit 4",
+                "sh",
+                "a b",
+                "*",
+            ])
+            .output()
+            .unwrap();
+        let logged = fs::read_to_string(&log).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(output.status.code(), Some(4));
+        assert_eq!(logged, "a b|*\nerr\n");
+    }
+
     /// A suite that leaves a process behind holding its output (as a test
-    /// that runtests.sh timed out can) still ends: peer-suite.sh returns
+    /// that runtests.sh timed out can) still ends: logged-run.sh returns
     /// the suite's status once the suite itself exits. With a pipe to tee
     /// it waited for the leftover process, and the guest hung until the
     /// host killed it.
@@ -252,14 +296,14 @@ mod tests {
             "#!/bin/sh\nsleep 30 &\necho $! > leftover.pid\necho suite-output\nexit 3\n",
         )
         .unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/peer-suite.sh");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu/logged-run.sh");
         let log = dir.join("peer-x.log");
         let console = dir.join("console");
         // its own process group, so that a hung run can be killed whole
         let mut child = Command::new(script)
             .arg(&log)
             .arg(&dir)
-            .arg("sh ./suite.sh")
+            .args(["sh", "./suite.sh"])
             .stdout(fs::File::create(&console).unwrap())
             .process_group(0)
             .spawn()
@@ -272,7 +316,7 @@ mod tests {
             if started.elapsed() > Duration::from_secs(20) {
                 let group = libc::pid_t::try_from(child.id()).unwrap();
                 // SAFETY: killpg takes no pointers; the group is the one
-                // this test created for peer-suite.sh and its children.
+                // this test created for logged-run.sh and its children.
                 unsafe { libc::killpg(group, libc::SIGKILL) };
                 let _ = child.wait();
                 break None;
@@ -291,7 +335,7 @@ mod tests {
         let logged = fs::read_to_string(&log).unwrap();
         fs::remove_dir_all(&dir).unwrap();
 
-        let status = status.expect("peer-suite.sh still running after 20 s");
+        let status = status.expect("logged-run.sh still running after 20 s");
         assert_eq!(status.code(), Some(3));
         assert_eq!(logged, "suite-output\n");
         assert!(streamed.contains("suite-output"), "streamed: {streamed:?}");

@@ -35,7 +35,7 @@ fn base_key(
         layout.qemu().join("vm.config"),
         layout.qemu().join(format!("{}.config", profile.name())),
         layout.qemu().join("guest-run.sh"),
-        layout.qemu().join("peer-suite.sh"),
+        layout.qemu().join("logged-run.sh"),
     ] {
         inputs.push_str(
             &fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?,
