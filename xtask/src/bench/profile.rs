@@ -80,6 +80,17 @@ pub enum Transport {
     TcpVirtio,
 }
 
+impl Transport {
+    /// As the tables say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::TcpLoopback => "TCP (loopback)",
+            Transport::TcpVirtio => "TCP (virtio-net)",
+        }
+    }
+}
+
 /// What to profile: one shape, one or more modes.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Request {
@@ -260,11 +271,7 @@ impl ModeCost {
 /// with two or more modes the last minus the first, largest first.
 pub fn table(request: &Request, costs: &[ModeCost]) -> String {
     let mut out = String::new();
-    let over = match request.transport {
-        Transport::Udp => "UDP",
-        Transport::TcpLoopback => "TCP (loopback)",
-        Transport::TcpVirtio => "TCP (virtio-net)",
-    };
+    let over = request.transport.name();
     let counted = "the send path: the sender's vCPU, kernel and user, without \
                    interrupt handlers, softirqs, the socket backlog and TCP's \
                    transmission (listed apart)";
@@ -482,7 +489,6 @@ pub fn runs_table(request: &Request, runs: &[Vec<ModeCost>]) -> String {
     let _ = writeln!(out, "| run | {}{ratio_head} |", modes.join(" | "));
     let columns = modes.len() + usize::from(modes.len() > 1);
     let _ = writeln!(out, "|---{}|", "|---:".repeat(columns));
-    let ratio = |run: &[ModeCost]| run[run.len() - 1].total() / run[0].total();
     for (i, run) in runs.iter().enumerate() {
         let totals: Vec<String> = run.iter().map(|c| format!("{:.1}", c.total())).collect();
         let ratio = if modes.len() > 1 {
@@ -510,6 +516,11 @@ pub fn runs_table(request: &Request, runs: &[Vec<ModeCost>]) -> String {
         );
     }
     out
+}
+
+/// A run's last mode against its first, `runs[run]` of [`Profiler::runs`].
+pub fn ratio(run: &[ModeCost]) -> f64 {
+    run[run.len() - 1].total() / run[0].total()
 }
 
 /// `mode,requests,cpu_ns` lines from sendzc-bench --profile.

@@ -16,13 +16,13 @@ use std::fs;
 
 use anyhow::{bail, Context, Result};
 
-use super::profile::{self, median_runs, ModeCost, Profiler, Request, Target, Transport};
+use super::profile::{self, median_runs, ratio, ModeCost, Profiler, Request, Target, Transport};
 use crate::layout::Layout;
 use crate::phase::Phases;
 
 /// One target's measurement: a shape and the two modes whose ratio the
 /// target bounds (see `profile::Target::of`).
-pub struct Row {
+struct Row {
     /// The directory of its files.
     name: &'static str,
     transport: Transport,
@@ -60,7 +60,7 @@ use Transport::{TcpLoopback as Tcp, Udp};
 /// `e_iov_mixed4` is the request `e_iov_mixed1` is: one payload, one
 /// buffer.
 #[rustfmt::skip]
-pub const ROWS: &[Row] = &[
+const ROWS: &[Row] = &[
     row("udp-header-f", Udp, (1, 0, 20000), "a_sendmsg", "f_iov_copy"),
     row("udp-header-i", Udp, (1, 0, 20000), "a_sendmsg", "i_iov_mask"),
     row("tcp-header-f", Tcp, (1, 0, 20000), "a_sendmsg", "f_iov_copy"),
@@ -91,14 +91,6 @@ impl Row {
             .expect("every row of ROWS has a target (see the test)")
     }
 
-    fn transport_name(&self) -> &'static str {
-        match self.transport {
-            Transport::Udp => "UDP",
-            Transport::TcpLoopback => "TCP (loopback)",
-            Transport::TcpVirtio => "TCP (virtio-net)",
-        }
-    }
-
     fn shape(&self) -> String {
         let piece = match self.payload {
             0 => "24 B".to_string(),
@@ -113,9 +105,8 @@ impl Row {
 }
 
 /// A row's runs, `runs[run][mode]`, as one line of the table.
-pub fn line(row: &Row, runs: &[Vec<ModeCost>]) -> String {
+fn line(row: &Row, runs: &[Vec<ModeCost>]) -> String {
     let target = row.target();
-    let ratio = |run: &[ModeCost]| run[run.len() - 1].total() / run[0].total();
     let median = median_runs(runs);
     let (first, last) = (&median[0], &median[median.len() - 1]);
     let median_ratio = last.total() / first.total();
@@ -136,7 +127,7 @@ pub fn line(row: &Row, runs: &[Vec<ModeCost>]) -> String {
     format!(
         "| {} | {} | {} | {}, {} | {:.1}, {:.1} | {:.3} ({lo:.3}-{hi:.3}) | {verdict} (met in {met} of {}{agree}) |",
         target.what(),
-        row.transport_name(),
+        row.transport.name(),
         row.shape(),
         first.mode,
         last.mode,
@@ -148,7 +139,7 @@ pub fn line(row: &Row, runs: &[Vec<ModeCost>]) -> String {
 }
 
 /// The table of all rows' lines.
-pub fn table(lines: &[String], runs: usize) -> String {
+fn table(lines: &[String], runs: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -205,7 +196,7 @@ pub fn run(layout: &Layout, args: &[String], phases: &mut Phases) -> Result<()> 
             i + 1,
             ROWS.len(),
             row.target().what(),
-            row.transport_name(),
+            row.transport.name(),
             row.shape(),
             runs
         );
